@@ -1,0 +1,155 @@
+"""The ``stylecraft`` command line. ``main(argv)`` parses and dispatches; the work happens in the library.
+
+Heavy imports (torch, diffusers) happen inside each command so ``stylecraft --help`` is instant. Every user error is
+printed as one ``error:`` line with exit code 2 (``--debug`` shows the traceback instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+MODEL_HELP = "hub id, local aMUSEd-layout folder, or built-in name (default: the shapes world model 'shapes')"
+
+
+def _add_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help=MODEL_HELP)
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="weights dtype (default float32)"
+    )
+
+
+def _add_out(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--out", required=required, help="output folder (must be new or empty unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder when done")
+
+
+def _add_sampling(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num-images", type=int, default=4, help="images per prompt (default 4)")
+    parser.add_argument("--steps", type=int, default=12, help="decoding steps (default 12; the paper uses 36)")
+    parser.add_argument(
+        "--guidance", type=float, default=10.0, help="classifier-free guidance scale (Muse Eq. 1; default 10)"
+    )
+    parser.add_argument("--lambda-a", type=float, default=None, help="StyleDrop Eq. 4 style guidance λA (adapter)")
+    parser.add_argument("--lambda-b", type=float, default=None, help="StyleDrop Eq. 4 text guidance λB (= guidance-1)")
+    parser.add_argument("--temperature", type=float, nargs="+", default=[2.0, 0.0], help="start [end] (default 2 0)")
+    parser.add_argument("--negative-prompt", default=None, help="negative prompt (default: empty)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of torch.Generator('cpu') (default 0)")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default all)")
+
+
+def _configure_instantstyle(parser: argparse.ArgumentParser) -> None:
+    """Options of ``stylecraft instantstyle`` (InstantStyle, arXiv 2404.02733)."""
+    parser.add_argument("--model", required=True, help="SD 1.5 / SDXL hub id or diffusers folder")
+    _add_out(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stylecraft", description="Draw in the style of one reference image.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or warnings")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("sample", help="generate images, optionally with StyleDrop adapters")
+    _add_model(p)
+    p.add_argument("--prompt", action="append", required=True, help="prompt (repeat for several)")
+    p.add_argument("--adapter", default=None, help="adapter folder (StyleDrop guidance Eq. 4)")
+    p.add_argument("--style-adapter", default=None, help="style adapter folder for two-adapter sampling (Eq. 5-6)")
+    p.add_argument("--content-adapter", default=None, help="content adapter folder for two-adapter sampling")
+    p.add_argument("--gamma", type=float, default=0.5, help="content weight γ of Eq. 5-6 (default 0.5)")
+    p.add_argument("--style-descriptor", default=None, help="phrase removed from the prompt for the content adapter")
+    _add_sampling(p)
+    _add_out(p)
+
+    p = commands.add_parser("train", help="train a StyleDrop adapter (or LoRA) on style image(s)")
+    _add_model(p)
+    p.add_argument("--image", action="append", required=True, help="training image (repeat for several)")
+    p.add_argument("--prompt", action="append", required=True, help="its prompt (one, or one per image)")
+    p.add_argument("--recipe", default=None, help="recipe name (round1, round2, lora) or JSON file (default round1)")
+    p.add_argument("--adapter", choices=["styledrop", "lora"], default=None, help="adapter type")
+    p.add_argument("--rank", type=int, default=None, help="bottleneck d_prj (styledrop) or LoRA rank")
+    p.add_argument("--shared", action=argparse.BooleanOptionalAction, default=None, help="factorised sharing")
+    p.add_argument("--steps", type=int, default=None, help="training steps")
+    p.add_argument("--lr", type=float, default=None, help="learning rate")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size")
+    p.add_argument("--sample-every", type=int, default=None, help="write a sample grid every N steps (0 = never)")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="save a resumable checkpoint every N steps")
+    p.add_argument("--seed", type=int, default=None, help="training seed")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no", help="accelerate precision")
+    p.add_argument("--out", required=True, help="adapter folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing finished adapter folder")
+    p.add_argument("--device", default=None, help="device (default: accelerate's choice; CPU here)")
+
+    p = commands.add_parser("score", help="CLIP text and style scores of a folder of images (JSON on stdout)")
+    p.add_argument("--images", required=True, help="folder of images")
+    p.add_argument("--prompt", required=True, help="prompt to score against")
+    p.add_argument("--style-image", default=None, help="reference image for the style score")
+    p.add_argument("--clip", default=None, help="CLIPModel hub id or folder (default: the shapes world's mini CLIP)")
+    p.add_argument("--device", default="cpu", help="torch device")
+
+    p = commands.add_parser("instantstyle", help="tuning-free style transfer on SD 1.5 / SDXL with IP-Adapter")
+    _configure_instantstyle(p)
+
+    p = commands.add_parser("demo", help="the main job on the embedded default: train, sample, report")
+    _add_out(p, required=False)
+    p.add_argument("--model", default=None, help=MODEL_HELP)
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo recipe)")
+
+    commands.add_parser("env", help="print versions and devices (for bug reports)")
+    return parser
+
+
+RUNNERS = {
+    "sample": "stylecraft.api:run_sample_cli",
+    "train": "stylecraft.api:run_train_cli",
+    "score": "stylecraft.scoring:run_cli",
+    "instantstyle": "stylecraft.instantstyle:run_cli",
+    "demo": "stylecraft.demo:run_cli",
+    "env": "stylecraft.cli:run_env",
+}
+
+
+def run_env(args: argparse.Namespace) -> int:
+    import platform
+
+    import torch
+
+    print(f"python {platform.python_version()} on {platform.platform()}")
+    for name in ("torch", "diffusers", "transformers", "peft", "accelerate", "safetensors"):
+        print(f"{name} {importlib.import_module(name).__version__}")
+    print(f"cuda available: {torch.cuda.is_available()}; threads: {torch.get_num_threads()}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.ERROR if args.quiet else logging.WARNING)
+    if args.quiet:
+        os.environ["STYLECRAFT_QUIET"] = "1"
+    module_name, function_name = RUNNERS[args.command].split(":")
+    try:
+        run = getattr(importlib.import_module(module_name), function_name)
+        return int(run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # the one place every error becomes a one-line message
+        if args.debug:
+            raise
+        from .errors import StylecraftError
+
+        kind = "error" if isinstance(err, StylecraftError) else f"error ({err.__class__.__name__})"
+        message = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+        print(f"{kind}: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Shared fixtures: everything offline, seeded, tiny."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("STYLECRAFT_QUIET", "1")
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def pytest_collection_modifyitems(config, items):
+    run_slow = os.environ.get("RUN_SLOW") == "1"
+    real = os.environ.get("STYLECRAFT_REAL_MODELS") == "1"
+    for item in items:
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(pytest.mark.skip(reason="slow: set RUN_SLOW=1"))
+        if "real_models" in item.keywords and not real:
+            item.add_marker(pytest.mark.skip(reason="needs real weights: set STYLECRAFT_REAL_MODELS=1"))
+
+
+@pytest.fixture(scope="session")
+def clip_tokenizer():
+    """The tiny CLIP tokenizer made from tests/fixtures/tokenizer (no hub)."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(FIXTURES / "tokenizer", local_files_only=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_muse_dir(tmp_path_factory, clip_tokenizer):
+    """A tiny random Muse model saved in the aMUSEd folder layout."""
+    from stylecraft.muse import build_random_muse
+
+    folder = tmp_path_factory.mktemp("tiny-muse")
+    build_random_muse("tiny", seed=0, tokenizer=clip_tokenizer).save_pretrained(folder)
+    return folder
