@@ -29,47 +29,106 @@ SUBFOLDERS = ("transformer", "vqvae", "text_encoder", "tokenizer", "scheduler")
 ARCHITECTURES: dict[str, dict] = {
     "tiny": {
         "transformer": dict(
-            hidden_size=32, use_bias=False, cond_embed_dim=32, micro_cond_encode_dim=2, micro_cond_embed_dim=10,
-            encoder_hidden_size=32, vocab_size=33, codebook_size=32, in_channels=16, block_out_channels=16,
-            num_res_blocks=1, downsample=False, upsample=False, block_num_heads=2, num_hidden_layers=2,
-            num_attention_heads=4, intermediate_size=64, layer_norm_eps=1e-6, sample_size=4,
+            hidden_size=32,
+            use_bias=False,
+            cond_embed_dim=32,
+            micro_cond_encode_dim=2,
+            micro_cond_embed_dim=10,
+            encoder_hidden_size=32,
+            vocab_size=33,
+            codebook_size=32,
+            in_channels=16,
+            block_out_channels=16,
+            num_res_blocks=1,
+            downsample=False,
+            upsample=False,
+            block_num_heads=2,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            layer_norm_eps=1e-6,
+            sample_size=4,
         ),
         "vqvae": dict(
-            in_channels=3, out_channels=3, latent_channels=8, num_vq_embeddings=32, block_out_channels=[8, 16],
-            down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-            layers_per_block=1, norm_num_groups=4, mid_block_add_attention=False, lookup_from_codebook=True,
+            in_channels=3,
+            out_channels=3,
+            latent_channels=8,
+            num_vq_embeddings=32,
+            block_out_channels=[8, 16],
+            down_block_types=["DownEncoderBlock2D"] * 2,
+            up_block_types=["UpDecoderBlock2D"] * 2,
+            layers_per_block=1,
+            norm_num_groups=4,
+            mid_block_add_attention=False,
+            lookup_from_codebook=True,
             force_upcast=False,
         ),
         "text_encoder": dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, projection_dim=32,
-            max_position_embeddings=77, hidden_act="quick_gelu",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            projection_dim=32,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
         ),
     },
     "amused-256": {
         "transformer": dict(
-            hidden_size=1024, num_hidden_layers=22, num_attention_heads=16, intermediate_size=2816, in_channels=768,
-            block_out_channels=768, block_num_heads=12, num_res_blocks=3, cond_embed_dim=768,
-            encoder_hidden_size=768, micro_cond_encode_dim=256, micro_cond_embed_dim=1280, vocab_size=8256,
-            codebook_size=8192, downsample=False, upsample=False, sample_size=16, use_bias=False,
+            hidden_size=1024,
+            num_hidden_layers=22,
+            num_attention_heads=16,
+            intermediate_size=2816,
+            in_channels=768,
+            block_out_channels=768,
+            block_num_heads=12,
+            num_res_blocks=3,
+            cond_embed_dim=768,
+            encoder_hidden_size=768,
+            micro_cond_encode_dim=256,
+            micro_cond_embed_dim=1280,
+            vocab_size=8256,
+            codebook_size=8192,
+            downsample=False,
+            upsample=False,
+            sample_size=16,
+            use_bias=False,
             layer_norm_eps=1e-6,
         ),
         "vqvae": dict(
-            in_channels=3, out_channels=3, latent_channels=64, num_vq_embeddings=8192,
-            block_out_channels=[128, 256, 256, 512, 768], down_block_types=["DownEncoderBlock2D"] * 5,
-            up_block_types=["UpDecoderBlock2D"] * 5, layers_per_block=2, norm_num_groups=32,
-            mid_block_add_attention=False, lookup_from_codebook=True, force_upcast=False,
+            in_channels=3,
+            out_channels=3,
+            latent_channels=64,
+            num_vq_embeddings=8192,
+            block_out_channels=[128, 256, 256, 512, 768],
+            down_block_types=["DownEncoderBlock2D"] * 5,
+            up_block_types=["UpDecoderBlock2D"] * 5,
+            layers_per_block=2,
+            norm_num_groups=32,
+            mid_block_add_attention=False,
+            lookup_from_codebook=True,
+            force_upcast=False,
         ),
         # CLIP ViT-L/14 text tower with a 768-d projection.
         "text_encoder": dict(
-            hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-            projection_dim=768, max_position_embeddings=77, hidden_act="quick_gelu",
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            projection_dim=768,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
         ),
     },
 }
 ARCHITECTURES["amused-512"] = {
     **ARCHITECTURES["amused-256"],
-    "transformer": {**ARCHITECTURES["amused-256"]["transformer"], "downsample": True, "upsample": True,
-                    "sample_size": 32},
+    "transformer": {
+        **ARCHITECTURES["amused-256"]["transformer"],
+        "downsample": True,
+        "upsample": True,
+        "sample_size": 32,
+    },
 }
 BUILTIN_RANDOM = {f"{name}-random": name for name in ARCHITECTURES}
 
@@ -112,8 +171,9 @@ class MuseModel:
         configs = {
             "transformer": _plain_config(self.transformer.config),
             "vqvae": _plain_config(self.vqvae.config),
-            "text_encoder": {k: getattr(self.text_encoder.config, k) for k in ("hidden_size", "projection_dim",
-                                                                                  "num_hidden_layers")},
+            "text_encoder": {
+                k: getattr(self.text_encoder.config, k) for k in ("hidden_size", "projection_dim", "num_hidden_layers")
+            },
         }
         return hashlib.sha256(json.dumps(configs, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -170,8 +230,9 @@ class MuseModel:
         shape = (batch, height, width, self.vqvae.config.latent_channels)
         return self.vqvae.decode(tokens, force_not_quantize=True, shape=shape).sample.clip(0, 1)
 
-    def micro_conds(self, batch: int, height: int, width: int, crop: tuple[int, int] = (0, 0),
-                    aesthetic_score: float = 6.0) -> torch.Tensor:
+    def micro_conds(
+        self, batch: int, height: int, width: int, crop: tuple[int, int] = (0, 0), aesthetic_score: float = 6.0
+    ) -> torch.Tensor:
         """aMUSEd's micro-conditioning [batch, 5]: (width, height, crop_x, crop_y, aesthetic), in its odd order."""
         conds = torch.tensor([width, height, crop[0], crop[1], aesthetic_score], device=self.device, dtype=self.dtype)
         return conds.unsqueeze(0).expand(batch, -1)
@@ -187,8 +248,11 @@ def cosine_mask_ratio(u: torch.Tensor) -> torch.Tensor:
     return torch.cos(u * math.pi / 2)
 
 
-def mask_tokens(tokens: torch.Tensor, mask_token_id: int, generator: torch.Generator | None = None,
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_tokens(
+    tokens: torch.Tensor,
+    mask_token_id: int,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask a cosine-scheduled random fraction of each image's tokens (at least one).
 
     Returns (masked input ids [batch, h, w], boolean mask [batch, h, w]).
@@ -224,8 +288,11 @@ def build_random_muse(architecture: str = "tiny", seed: int = 0, tokenizer: CLIP
     transformer = UVit2DModel(**spec["transformer"])
     vqvae = VQModel(**spec["vqvae"])
     text_config = CLIPTextConfig(
-        vocab_size=max(len(tokenizer), 1000), bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **spec["text_encoder"]
+        vocab_size=max(len(tokenizer), 1000),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **spec["text_encoder"],
     )
     text_encoder = CLIPTextModelWithProjection(text_config)
     scheduler = AmusedScheduler(mask_token_id=transformer.config.vocab_size - 1)
@@ -234,8 +301,9 @@ def build_random_muse(architecture: str = "tiny", seed: int = 0, tokenizer: CLIP
     return MuseModel(transformer, vqvae, text_encoder, tokenizer, scheduler, name=f"{architecture}-random")
 
 
-def load_muse(model: str | Path | None = None, device: str | torch.device = "cpu",
-              dtype: torch.dtype = torch.float32) -> MuseModel:
+def load_muse(
+    model: str | Path | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> MuseModel:
     """Load a Muse model from a built-in name, a local aMUSEd-layout folder, or a hub id (e.g. amused/amused-256).
 
     ``None`` and ``"shapes"`` mean the shapes world's Muse-mini that ships with stylecraft.

@@ -27,7 +27,7 @@ def _bytes_to_unicode() -> list[str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return [chr(c) for _, c in sorted(zip(bs, cs))]
+    return [chr(c) for _, c in sorted(zip(bs, cs, strict=True))]
 
 
 def write_clip_tokenizer(folder: str | Path, words: list[str], model_max_length: int = 77) -> Path:

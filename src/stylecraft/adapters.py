@@ -1,0 +1,276 @@
+"""Adapters on a Muse transformer: StyleDrop's bottleneck adapter and peft LoRA, several per base, routed per row.
+
+StyleDrop (Sohn et al. 2023, §3.1 and Appendix) puts two serial bottleneck adapters in every transformer layer,
+one after the cross-attention block and one after the MLP block, each ``x + up(gelu(down(x)))`` on that block's
+output (Houlsby-style), no bias, ``up`` zero-initialised so a fresh adapter changes nothing. With ``shared`` the
+layers share one D×H ``down`` and one H×D ``up`` matrix and keep only per-layer offsets (an H-vector after ``down``
+and a D-vector after ``up``), which is how Round 1 stays tiny.
+
+``AdaptedTransformer`` holds one frozen base transformer and any number of named adapters, and applies a different
+adapter to each row of a batch (``rows=["style", None, None]``). That is what lets StyleDrop guidance (Eq. 4) and
+two-adapter sampling (Eq. 5-6) run all their passes in one batched forward without copying the base model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import StylecraftError
+from .muse import MuseModel
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+ADAPTER_TYPES = ("styledrop", "lora")
+# StyleDrop's two adapter sites in each transformer layer (diffusers' BasicTransformerBlock submodule names).
+STYLEDROP_SITES = ("attn2", "ff")
+
+
+@dataclass
+class AdapterConfig:
+    """Everything needed to rebuild an adapter and check it belongs to its base model."""
+
+    adapter_type: str = "styledrop"  # "styledrop" (the paper's bottleneck adapter) or "lora" (peft)
+    rank: int = 4  # bottleneck width d_prj for styledrop, r for LoRA
+    shared: bool = False  # styledrop only: factorised sharing across layers (paper's is_shared)
+    lora_alpha: int | None = None  # LoRA scaling numerator (default: rank, i.e. scale 1)
+    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v"])  # LoRA targets
+    base_model: str = ""  # the base model's id / folder / built-in name
+    base_fingerprint: str = ""  # MuseModel.fingerprint of that base
+    num_layers: int = 0  # transformer layers of the base
+    hidden_size: int = 0  # transformer width D of the base
+    prompts: list[str] = field(default_factory=list)  # training prompts
+    training: dict = field(default_factory=dict)  # resolved training settings
+
+    def __post_init__(self) -> None:
+        if self.adapter_type not in ADAPTER_TYPES:
+            raise StylecraftError(f"unknown adapter type {self.adapter_type!r}; use one of {', '.join(ADAPTER_TYPES)}")
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise StylecraftError(f"adapter rank must be a positive integer, got {self.rank!r}")
+        if self.shared and self.adapter_type != "styledrop":
+            raise StylecraftError("--shared applies to the styledrop adapter only")
+
+
+class StyleDropAdapter(nn.Module):
+    """Bottleneck adapters for every (layer, site): ``x + up(gelu(down(x)))``. Weights are stacked tensors."""
+
+    def __init__(self, num_layers: int, hidden_size: int, rank: int, shared: bool = False):
+        super().__init__()
+        self.num_layers, self.hidden_size, self.rank, self.shared = num_layers, hidden_size, rank, shared
+        sites = len(STYLEDROP_SITES)
+        if shared:
+            self.down = nn.Parameter(torch.empty(hidden_size, rank))  # [D, H], one for all layers
+            self.up = nn.Parameter(torch.zeros(rank, hidden_size))  # [H, D]
+            self.down_offset = nn.Parameter(torch.zeros(num_layers, sites, rank))  # per-layer H offsets
+            self.up_offset = nn.Parameter(torch.zeros(num_layers, sites, hidden_size))  # per-layer D offsets
+        else:
+            self.down = nn.Parameter(torch.empty(num_layers, sites, hidden_size, rank))  # [L, 2, D, H]
+            self.up = nn.Parameter(torch.zeros(num_layers, sites, rank, hidden_size))  # [L, 2, H, D]
+        nn.init.trunc_normal_(self.down, std=0.02)  # paper: truncated normal, std 0.02; up stays zero
+
+    def delta(self, x: torch.Tensor, layer: int, site: int) -> torch.Tensor:
+        """``up(gelu(down(x)))`` for one site. x: [rows, tokens, D] -> [rows, tokens, D]."""
+        if self.shared:
+            hidden = F.gelu(x @ self.down + self.down_offset[layer, site])  # [rows, tokens, H]
+            return hidden @ self.up + self.up_offset[layer, site]
+        return F.gelu(x @ self.down[layer, site]) @ self.up[layer, site]
+
+
+class AdaptedTransformer(nn.Module):
+    """A frozen ``UVit2DModel`` plus named adapters; ``rows`` picks the adapter (or None = base) of each row."""
+
+    def __init__(self, muse: MuseModel):
+        super().__init__()
+        self.transformer = muse.transformer
+        self.styledrop = nn.ModuleDict()
+        self.lora_names: list[str] = []
+        self.configs: dict[str, AdapterConfig] = {}
+        self.base_name, self.base_fingerprint = muse.name, muse.fingerprint
+        self._rows: list[str | None] | None = None
+        for index, layer in enumerate(self.transformer.transformer_layers):
+            for site, attribute in enumerate(STYLEDROP_SITES):
+                getattr(layer, attribute).register_forward_hook(partial(self._styledrop_hook, index, site))
+
+    # ---- adding, saving, loading -------------------------------------------------------------------------
+    def new_config(self, adapter_type: str = "styledrop", rank: int = 4, shared: bool = False, **kwargs):
+        config = self.transformer.config
+        return AdapterConfig(
+            adapter_type=adapter_type,
+            rank=rank,
+            shared=shared,
+            base_model=self.base_name,
+            base_fingerprint=self.base_fingerprint,
+            num_layers=config.num_hidden_layers,
+            hidden_size=config.hidden_size,
+            **kwargs,
+        )
+
+    def add_adapter(self, name: str, config: AdapterConfig) -> None:
+        """Add a fresh (no-op until trained) adapter called ``name``."""
+        if name in self.configs:
+            raise StylecraftError(f"an adapter named {name!r} is already loaded; pick another name")
+        if name == "__base__":
+            raise StylecraftError("'__base__' is reserved for the base model")
+        self._check_base(config, name)
+        if config.adapter_type == "styledrop":
+            adapter = StyleDropAdapter(config.num_layers, config.hidden_size, config.rank, config.shared)
+            self.styledrop[name] = adapter.to(self.transformer.device, self.transformer.dtype)
+        else:
+            lora = LoraConfig(
+                r=config.rank,
+                lora_alpha=config.lora_alpha or config.rank,
+                target_modules=config.target_modules,
+                init_lora_weights=True,  # B = 0: a fresh LoRA is a no-op like the paper's adapter
+            )
+            inject_adapter_in_model(lora, self.transformer, adapter_name=name)
+            self.lora_names.append(name)
+        self.configs[name] = config
+        self.transformer.requires_grad_(False)
+        for parameter in self.adapter_parameters(name):
+            parameter.requires_grad_(True)
+
+    def _check_base(self, config: AdapterConfig, name: str) -> None:
+        if config.base_fingerprint and config.base_fingerprint != self.base_fingerprint:
+            raise StylecraftError(
+                f"adapter {name!r} was trained on base model {config.base_model!r} (fingerprint "
+                f"{config.base_fingerprint}), but this model is {self.base_name!r} ({self.base_fingerprint}); "
+                f"load it with --model {config.base_model}"
+            )
+
+    def adapter_parameters(self, name: str) -> list[nn.Parameter]:
+        if name in self.styledrop:
+            return list(self.styledrop[name].parameters())
+        return [p for n, p in self.transformer.named_parameters() if f".{name}." in n and "lora_" in n]
+
+    def adapter_state_dict(self, name: str) -> dict[str, torch.Tensor]:
+        if name in self.styledrop:
+            state = self.styledrop[name].state_dict()
+        else:
+            state = get_peft_model_state_dict(self.transformer, adapter_name=name)
+        return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
+
+    def load_adapter_state_dict(self, name: str, state: dict[str, torch.Tensor]) -> None:
+        expected = self.adapter_state_dict(name)
+        problems = sorted(set(expected) ^ set(state))
+        problems += [k for k in expected if k in state and expected[k].shape != state[k].shape]
+        if problems:
+            raise StylecraftError(
+                f"adapter {name!r} weights do not fit this model (first mismatched key: {problems[0]}); "
+                "the file is corrupt or for another architecture"
+            )
+        if name in self.styledrop:
+            self.styledrop[name].load_state_dict(state)
+        else:
+            set_peft_model_state_dict(self.transformer, state, adapter_name=name)
+
+    def save_adapter(self, name: str, folder: str | Path) -> None:
+        """Write ``adapter_model.safetensors`` then ``adapter_config.json`` (written last: it marks completion)."""
+        from .io import _atomic_write, write_json
+
+        folder = Path(folder)
+        state = self.adapter_state_dict(name)
+        _atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        write_json(folder / CONFIG_NAME, asdict(self.configs[name]))
+
+    def load_adapter(self, folder: str | Path, name: str | None = None) -> str:
+        """Load an adapter folder under ``name`` (default: the folder's name); returns the name used."""
+        config, state = read_adapter(folder)
+        name = name or Path(folder).resolve().name
+        self._check_base(config, name)
+        self.add_adapter(name, config)
+        self.load_adapter_state_dict(name, state)
+        for parameter in self.adapter_parameters(name):
+            parameter.requires_grad_(False)
+        return name
+
+    # ---- routing ------------------------------------------------------------------------------------------
+    @contextmanager
+    def route(self, rows: list[str | None]) -> Iterator[None]:
+        """Within the block, row i of every forward uses adapter ``rows[i]`` (None: the base model alone)."""
+        unknown = {r for r in rows if r is not None and r not in self.configs}
+        if unknown:
+            raise StylecraftError(f"no adapter named {sorted(unknown)[0]!r} is loaded; loaded: {sorted(self.configs)}")
+        handles = []
+        if self.lora_names:
+            # peft's mixed-batch LoRA: each LoRA layer takes adapter_names, one per row ("__base__" = none).
+            names = [r if r in self.lora_names else "__base__" for r in rows]
+
+            def inject(module, args, kwargs):
+                kwargs["adapter_names"] = names
+                return args, kwargs
+
+            for module in self.transformer.modules():
+                if isinstance(module, LoraLayer):
+                    handles.append(module.register_forward_pre_hook(inject, with_kwargs=True))
+        self._rows = list(rows)
+        try:
+            yield
+        finally:
+            self._rows = None
+            for handle in handles:
+                handle.remove()
+
+    def _styledrop_hook(self, layer: int, site: int, module, args, output: torch.Tensor) -> torch.Tensor:
+        if not self._rows or not self.styledrop:
+            return output
+        rows = self._rows
+        if len(rows) != output.shape[0]:
+            raise ValueError(f"routing has {len(rows)} rows but the batch has {output.shape[0]}")
+        for name, adapter in self.styledrop.items():
+            selected = [i for i, r in enumerate(rows) if r == name]
+            if len(selected) == len(rows):
+                output = output + adapter.delta(output, layer, site)
+            elif selected:
+                index = torch.tensor(selected, device=output.device)
+                output = output.index_add(0, index, adapter.delta(output[index], layer, site))
+        return output
+
+    def forward(self, rows: list[str | None], *args, **kwargs) -> torch.Tensor:
+        """The base transformer's forward with per-row adapters."""
+        with self.route(rows):
+            return self.transformer(*args, **kwargs)
+
+
+def read_adapter(folder: str | Path) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
+    """Read and validate an adapter folder; every problem is a StylecraftError naming the file and the fix."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise StylecraftError(f"adapter folder not found: {folder}")
+    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise StylecraftError(
+                f"adapter folder {folder} has no {path.name}; it is unfinished or was not copied fully"
+            )
+    try:
+        raw = json.loads(config_path.read_text())
+        known = AdapterConfig.__dataclass_fields__
+        config = AdapterConfig(**{k: v for k, v in raw.items() if k in known})
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as err:
+        raise StylecraftError(f"{config_path} is corrupt ({err}); retrain or copy the adapter again") from None
+    try:
+        state = load_file(weights_path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise StylecraftError(f"{weights_path} is corrupt ({err}); retrain or copy the adapter again") from None
+    for key, tensor in state.items():
+        if not torch.isfinite(tensor).all():
+            raise StylecraftError(f"{weights_path} holds non-finite values in {key}; retrain the adapter")
+    return config, state
+
+
+def count_parameters(module: nn.Module | list[nn.Parameter]) -> int:
+    parameters = module.parameters() if isinstance(module, nn.Module) else module
+    return sum(math.prod(p.shape) for p in parameters)

@@ -1,0 +1,200 @@
+"""The public Python API: ``load``, ``train`` and ``sample``. The CLI only parses arguments and calls these.
+
+import stylecraft
+muse = stylecraft.load()                                   # the shapes world model (offline)
+stylecraft.train(muse, ["ref.png"], ["a red circle in neon glow style"], out="my-style")
+images = stylecraft.sample(muse, ["a blue star in neon glow style"], adapter="my-style", out="samples")
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .adapters import AdaptedTransformer
+from .errors import StylecraftError
+from .io import load_image, make_grid, output_dir, save_png, to_pil_images, write_json
+from .muse import MuseModel, load_muse
+from .sampling import SamplingConfig, config_dict, sample_tokens
+from .training import TrainConfig, load_recipe, train_adapter
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def load(model: str | Path | None = None, device: str = "cpu", dtype: str | torch.dtype = "float32") -> MuseModel:
+    """Load a Muse model: None/'shapes' (built-in shapes world), a built-in random architecture, a folder, a hub id."""
+    return load_muse(model, device=device, dtype=DTYPES[dtype] if isinstance(dtype, str) else dtype)
+
+
+def train(
+    muse: MuseModel,
+    images: list[str | Path | Image.Image],
+    prompts: list[str],
+    out: str | Path,
+    config: TrainConfig | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> AdaptedTransformer:
+    """Train an adapter (default: StyleDrop Round 1 recipe) on image(s) + prompt(s) and write it to ``out``."""
+    loaded = [img if isinstance(img, Image.Image) else load_image(img, muse.resolution) for img in images]
+    loaded = [
+        img.convert("RGB").resize((muse.resolution,) * 2) if img.size != (muse.resolution,) * 2 else img
+        for img in loaded
+    ]
+    return train_adapter(
+        muse, loaded, list(prompts), config or TrainConfig(), out, resume=resume, overwrite=overwrite, progress=progress
+    )
+
+
+def content_prompt(prompt: str, style_descriptor: str | None = None) -> str:
+    """The prompt without its style ("A cat in watercolor style" -> "A cat"), the c of StyleDrop Eq. 5-6."""
+    if style_descriptor:
+        pattern = rf"\s*\b(in\s+(the\s+)?)?{re.escape(style_descriptor)}(\s+style)?"
+    else:
+        pattern = r"\s+in\s+(the\s+)?[\w\s,'-]+?\s+style\b"
+    stripped = re.sub(pattern, "", prompt, count=1, flags=re.IGNORECASE).strip()
+    if stripped == prompt.strip() or not stripped:
+        raise StylecraftError(
+            f"could not remove the style from prompt {prompt!r}; pass --style-descriptor with the exact phrase"
+        )
+    return stripped
+
+
+def sample(
+    muse: MuseModel,
+    prompts: list[str],
+    *,
+    adapter: str | Path | None = None,
+    style_adapter: str | Path | None = None,
+    content_adapter: str | Path | None = None,
+    style_descriptor: str | None = None,
+    config: SamplingConfig | None = None,
+    num_images: int = 1,
+    seed: int = 0,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> list[Image.Image]:
+    """Generate ``num_images`` images per prompt; with ``out`` write NNN.png, grid.png and run.json there.
+
+    ``adapter``: StyleDrop guidance (Eq. 4). ``style_adapter`` + ``content_adapter``: Eq. 5-6 mixing, where the
+    content adapter sees the prompt without ``style_descriptor``. Images come in AmusedPipeline's order
+    (prompts repeated), and ``seed`` seeds one ``torch.Generator('cpu')`` for the whole call.
+    """
+    config = config or SamplingConfig()
+    model = None
+    names: dict = {}
+    if adapter is not None or style_adapter is not None or content_adapter is not None:
+        model = AdaptedTransformer(muse)
+        for role, folder in (
+            ("adapter", adapter),
+            ("style_adapter", style_adapter),
+            ("content_adapter", content_adapter),
+        ):
+            if folder is not None:
+                names[role] = model.load_adapter(folder, name=role)
+        if adapter is not None and config.lambda_a is None:
+            config.lambda_a = 0.0
+    content_prompts = None
+    if style_adapter is not None or content_adapter is not None:
+        content_prompts = [content_prompt(p, style_descriptor) for p in prompts]
+
+    generator = torch.Generator("cpu").manual_seed(seed)
+    tokens = sample_tokens(
+        muse,
+        list(prompts),
+        config,
+        model=model,
+        content_prompts=content_prompts,
+        num_images_per_prompt=num_images,
+        generator=generator,
+        progress=progress,
+        **names,
+    )
+    images = to_pil_images(muse.decode_tokens(tokens))
+    if out is not None:
+        settings = {
+            "model": muse.name,
+            "prompts": list(prompts),
+            "num_images": num_images,
+            "seed": seed,
+            "adapter": str(adapter) if adapter else None,
+            "style_adapter": str(style_adapter) if style_adapter else None,
+            "content_adapter": str(content_adapter) if content_adapter else None,
+            "content_prompts": content_prompts,
+            "sampling": config_dict(config),
+        }
+        with output_dir(out, overwrite=overwrite) as folder:
+            for i, image in enumerate(images):
+                prompt = prompts[i % len(prompts)]
+                save_png(image, folder / f"{i:03d}.png", {"prompt": prompt, "seed": seed, "index": i, **settings})
+            # grid rows = prompts, columns = images of that prompt
+            by_prompt = [images[j * len(prompts) + p] for p in range(len(prompts)) for j in range(num_images)]
+            save_png(make_grid(by_prompt, columns=num_images), folder / "grid.png", settings)
+            write_json(folder / "run.json", settings)
+    return images
+
+
+# ---- command line runners ------------------------------------------------------------------------------------
+def _sampling_config(args) -> SamplingConfig:
+    return SamplingConfig(
+        steps=args.steps,
+        guidance_scale=args.guidance,
+        lambda_a=args.lambda_a,
+        lambda_b=args.lambda_b,
+        temperature=list(args.temperature),
+        negative_prompt=args.negative_prompt or "",
+        gamma=getattr(args, "gamma", 0.5),
+    )
+
+
+def run_sample_cli(args) -> int:
+    config = _sampling_config(args)  # validate settings before loading anything
+    if (args.style_adapter is None) != (args.content_adapter is None):
+        raise StylecraftError("--style-adapter and --content-adapter go together (StyleDrop Eq. 5-6)")
+    if args.adapter and args.style_adapter:
+        raise StylecraftError("use either --adapter or --style-adapter/--content-adapter, not both")
+    muse = load(args.model, args.device, args.dtype)
+    sample(
+        muse,
+        args.prompt,
+        adapter=args.adapter,
+        style_adapter=args.style_adapter,
+        content_adapter=args.content_adapter,
+        style_descriptor=args.style_descriptor,
+        config=config,
+        num_images=args.num_images,
+        seed=args.seed,
+        out=args.out,
+        overwrite=args.overwrite,
+    )
+    print(Path(args.out) / "grid.png")
+    return 0
+
+
+def run_train_cli(args) -> int:
+    config = load_recipe(
+        args.recipe or ("lora" if args.adapter == "lora" else "round1"),
+        adapter_type=args.adapter,
+        rank=args.rank,
+        shared=args.shared,
+        steps=args.steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        sample_every=args.sample_every,
+        checkpoint_every=args.checkpoint_every,
+        mixed_precision=None if args.mixed_precision == "no" else args.mixed_precision,
+    )
+    if config.adapter_type == "lora" and config.shared:
+        config.shared = False  # the round1 recipe's sharing does not apply to LoRA
+    muse = load(args.model, args.device or "cpu")
+    images = [load_image(path, muse.resolution) for path in args.image]
+    train(muse, images, args.prompt, args.out, config, resume=args.resume, overwrite=args.overwrite)
+    print(args.out)
+    return 0

@@ -1,0 +1,290 @@
+"""Training a StyleDrop adapter (or LoRA) on a few (image, prompt) pairs with Muse's masked-token objective.
+
+The loop is the algorithm (StyleDrop §3.1; Muse §2): VQ-encode the style image(s) once, then repeat
+batch -> cosine-schedule mask -> forward with the adapter -> cross-entropy on masked tokens -> backward -> clip
+-> Adam step. Only adapter weights train; the text encoder, the VQ model and the base transformer are frozen.
+It runs through ``accelerate.Accelerator``, so ``accelerate launch -m stylecraft train ...`` spreads it over GPUs
+and machines unchanged (each process draws its own batches; the main process writes files).
+
+Checkpoints hold the adapter, Adam's state, the step and the random generator's state, so ``--resume`` continues to
+exactly the weights an uninterrupted run reaches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .adapters import CONFIG_NAME, AdaptedTransformer, count_parameters
+from .errors import StylecraftError
+from .io import make_grid, save_png, to_pil_images, to_tensor_image, write_json
+from .muse import MuseModel, mask_tokens, masked_token_loss
+from .sampling import SamplingConfig, sample_images
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+ADAPTER_NAME = "adapter"
+CHECKPOINT_DIR = "checkpoint"
+# Settings that may change between a run and its --resume (they don't alter the optimisation path).
+RESUMABLE_CHANGES = {"steps", "sample_every", "checkpoint_every"}
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Defaults are the paper's Round 1 (StyleDrop Appendix B)."""
+
+    adapter_type: str = "styledrop"  # "styledrop" (paper's bottleneck adapter) or "lora" (peft)
+    rank: int = 4  # d_prj (styledrop) or LoRA r
+    shared: bool = True  # factorised sharing across layers (paper: Round 1 shared, Round 2 not)
+    lora_alpha: int | None = None  # LoRA alpha (default = rank)
+    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v"])  # LoRA targets
+    steps: int = 1000  # optimisation steps
+    lr: float = 3e-5  # Adam learning rate
+    batch_size: int = 8  # images per step (drawn with replacement from the training pairs)
+    weight_decay: float = 0.0  # Adam(W) weight decay
+    max_grad_norm: float = 1.0  # gradient clipping
+    seed: int = 0  # seeds adapter init, batches and masks
+    sample_every: int = 0  # write samples/step_N.png every N steps (0: never)
+    checkpoint_every: int = 100  # resumable checkpoint every N steps (0: only at the end)
+    mixed_precision: str = "no"  # accelerate: "no", "fp16" or "bf16"
+    sample_steps: int = 12  # decoding steps of the progress samples
+    sample_guidance: float = 10.0  # CFG of the progress samples
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "rank"):
+            if getattr(self, name) < 1:
+                raise StylecraftError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise StylecraftError(f"--lr must be positive, got {self.lr}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise StylecraftError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+
+
+def load_recipe(recipe: str | Path | None = None, **overrides) -> TrainConfig:
+    """A TrainConfig from a recipe name (round1, round2, lora, ...) or JSON file, with non-None ``overrides``."""
+    values: dict = {}
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            path = RECIPES_DIR / f"{recipe}.json"
+        if not path.is_file():
+            names = sorted(p.stem for p in RECIPES_DIR.glob("*.json"))
+            raise StylecraftError(f"unknown recipe {recipe!r}; use one of {', '.join(names)} or a JSON file")
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise StylecraftError(f"recipe {path} is not valid JSON ({err})") from None
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - known - {"description"})
+    if unknown:
+        raise StylecraftError(f"recipe has unknown settings {unknown}; known: {sorted(known)}")
+    values = {k: v for k, v in values.items() if k in known}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**values)
+
+
+def train_adapter(
+    muse: MuseModel,
+    images: list[Image.Image],
+    prompts: list[str],
+    config: TrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> AdaptedTransformer:
+    """Train an adapter on (image, prompt) pairs and write the adapter folder ``out``. Returns the adapted model.
+
+    ``images`` must already be RGB at the model's resolution (``stylecraft.io.load_image(path, size)``).
+    ``prompts`` holds one prompt for all images or one per image.
+    """
+    from accelerate import Accelerator
+
+    out = Path(out)
+    if not images:
+        raise StylecraftError("no training images; pass --image at least once")
+    if len(prompts) == 1:
+        prompts = prompts * len(images)
+    if len(prompts) != len(images):
+        raise StylecraftError(f"got {len(images)} images but {len(prompts)} prompts; give one prompt or one per image")
+    if any(not p.strip() for p in prompts):
+        raise StylecraftError("empty prompt; describe the image and its style, e.g. 'A house in watercolor style'")
+    checkpoint = out / CHECKPOINT_DIR
+    if resume:
+        if not (checkpoint / "trainer_state.json").is_file():
+            raise StylecraftError(f"nothing to resume in {out}: no {CHECKPOINT_DIR}/trainer_state.json; drop --resume")
+        _check_resume(json.loads((checkpoint / "trainer_state.json").read_text())["config"], config)
+    elif out.exists() and any(out.iterdir()) and not overwrite:
+        raise StylecraftError(f"{out} already exists and is not empty; pass --resume to continue or --overwrite")
+    elif out.exists() and overwrite:
+        shutil.rmtree(out)
+
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=muse.device.type == "cpu")
+    torch.manual_seed(config.seed)  # adapter initialisation
+    model = AdaptedTransformer(muse)
+    adapter_config = model.new_config(
+        config.adapter_type,
+        config.rank,
+        config.shared,
+        lora_alpha=config.lora_alpha,
+        target_modules=config.target_modules,
+        prompts=list(dict.fromkeys(prompts)),
+        training=asdict(config),
+    )
+    model.add_adapter(ADAPTER_NAME, adapter_config)
+    parameters = model.adapter_parameters(ADAPTER_NAME)
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed + accelerator.process_index)
+    start = 0
+    log: list[dict] = []
+    if resume:
+        start, log = _load_checkpoint(checkpoint, model, optimizer, generator)
+
+    # Frozen inputs, computed once: VQ tokens of the images, text embeddings of the prompts.
+    resolution = muse.resolution
+    pixels = torch.stack([to_tensor_image(image) for image in images])
+    if pixels.shape[-1] != resolution or pixels.shape[-2] != resolution:
+        raise StylecraftError(
+            f"training images must be {resolution}x{resolution}; load them with load_image(path, size)"
+        )
+    tokens = muse.encode_images(pixels)  # [N, h, w]
+    pooled, hidden = muse.encode_prompts(prompts)  # [N, proj], [N, 77, hidden]
+    micro_conds = muse.micro_conds(config.batch_size, resolution, resolution)
+
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    trainable = count_parameters(parameters)
+    total = count_parameters(muse.transformer) - (trainable if config.adapter_type == "lora" else 0)
+    disable = not progress or os.environ.get("STYLECRAFT_QUIET") == "1" or not accelerator.is_main_process
+    bar = tqdm(range(start, config.steps), desc="training", initial=start, total=config.steps, disable=disable)
+    started = time.time()
+    for step in bar:
+        # batch -> mask -> forward -> loss (Muse masked-token cross-entropy, cosine mask schedule)
+        index = torch.randint(len(images), (config.batch_size,), generator=generator).to(tokens.device)
+        target = tokens[index]
+        masked, mask = mask_tokens(target, muse.mask_token_id, generator)
+        logits = model(
+            [ADAPTER_NAME] * config.batch_size, masked, hidden[index], pooled[index], micro_conds
+        )  # [batch, codebook, h, w]
+        loss = masked_token_loss(logits, target, mask)
+        if not torch.isfinite(loss):
+            where = f"the last good checkpoint is in {checkpoint}" if checkpoint.exists() else "no checkpoint yet"
+            raise StylecraftError(f"loss became {loss.item()} at step {step}; {where}; lower --lr and --resume")
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        log.append({"step": step + 1, "loss": round(loss.item(), 5)})
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        done = step + 1
+        if accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(model)
+            if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
+                _save_checkpoint(checkpoint, unwrapped, optimizer, generator, done, config, log)
+            if config.sample_every and done % config.sample_every == 0:
+                write_samples(muse, unwrapped, prompts, out / "samples" / f"step_{done:06d}.png", config)
+    model.eval()
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.is_main_process:
+        _save_checkpoint(checkpoint, unwrapped, optimizer, generator, config.steps, config, log)
+        unwrapped.configs[ADAPTER_NAME].training.update(
+            trainable_parameters=trainable, base_parameters=total, seconds=round(time.time() - started, 2)
+        )
+        write_json(out / "train_log.json", log)
+        unwrapped.save_adapter(ADAPTER_NAME, out)  # adapter_config.json last: the folder is now complete
+    for parameter in parameters:
+        parameter.requires_grad_(False)
+    return unwrapped
+
+
+def write_samples(muse: MuseModel, model: AdaptedTransformer, prompts: list[str], path: Path, config: TrainConfig):
+    """A grid of one image per distinct prompt with the adapter (fixed seed), for watching training."""
+    texts = list(dict.fromkeys(prompts))
+    sampling = SamplingConfig(steps=config.sample_steps, guidance_scale=config.sample_guidance)
+    was_training = model.training
+    model.eval()
+    images = sample_images(
+        muse,
+        texts,
+        sampling,
+        model=model,
+        adapter=ADAPTER_NAME,
+        num_images_per_prompt=2,
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+    )
+    model.train(was_training)
+    save_png(make_grid(to_pil_images(images), columns=len(texts)), path, {"prompts": texts})
+
+
+def _check_resume(saved: dict, config: TrainConfig) -> None:
+    current = asdict(config)
+    changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
+        raise StylecraftError(f"--resume with changed settings ({details}); use the original settings or a new --out")
+
+
+def _save_checkpoint(
+    folder: Path,
+    model: AdaptedTransformer,
+    optimizer,
+    generator: torch.Generator,
+    step: int,
+    config: TrainConfig,
+    log: list[dict],
+) -> None:
+    """Write the checkpoint into a temporary folder, then swap it in: a crash never leaves half a checkpoint."""
+    optimizer_state = optimizer.state_dict()
+    tensors = {f"adapter.{k}": v for k, v in model.adapter_state_dict(ADAPTER_NAME).items()}
+    for index, state in optimizer_state["state"].items():
+        for key, value in state.items():
+            tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
+    tensors["generator"] = generator.get_state()
+    meta = {"step": step, "config": asdict(config), "param_groups": optimizer_state["param_groups"], "log": log}
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".checkpoint-"))
+    save_file(tensors, staging / "state.safetensors")
+    (staging / "trainer_state.json").write_text(json.dumps(meta, default=str))
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}-old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+        os.replace(staging, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, folder)
+
+
+def _load_checkpoint(folder: Path, model: AdaptedTransformer, optimizer, generator: torch.Generator):
+    meta = json.loads((folder / "trainer_state.json").read_text())
+    try:
+        tensors = load_file(folder / "state.safetensors")
+    except Exception as err:  # safetensors raises its own error type for truncated files
+        raise StylecraftError(f"checkpoint {folder} is corrupt ({err}); delete it and train from scratch") from None
+    model.load_adapter_state_dict(
+        ADAPTER_NAME, {k[len("adapter.") :]: v for k, v in tensors.items() if k.startswith("adapter.")}
+    )
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    generator.set_state(tensors["generator"])
+    return meta["step"], meta["log"]
+
+
+def is_adapter_folder(path: str | Path) -> bool:
+    return (Path(path) / CONFIG_NAME).is_file()
