@@ -79,7 +79,8 @@ class StyleDropAdapter(nn.Module):
         else:
             self.down = nn.Parameter(torch.empty(num_layers, sites, hidden_size, rank))  # [L, 2, D, H]
             self.up = nn.Parameter(torch.zeros(num_layers, sites, rank, hidden_size))  # [L, 2, H, D]
-        nn.init.trunc_normal_(self.down, std=0.02)  # paper: truncated normal, std 0.02; up stays zero
+        # Paper: truncated normal with std 0.02 (cut at two standard deviations, as JAX's initialiser); up stays zero.
+        nn.init.trunc_normal_(self.down, std=0.02, a=-0.04, b=0.04)
 
     def delta(self, x: torch.Tensor, layer: int, site: int) -> torch.Tensor:
         """``up(gelu(down(x)))`` for one site. x: [rows, tokens, D] -> [rows, tokens, D]."""
@@ -136,6 +137,10 @@ class AdaptedTransformer(nn.Module):
                 init_lora_weights=True,  # B = 0: a fresh LoRA is a no-op like the paper's adapter
             )
             inject_adapter_in_model(lora, self.transformer, adapter_name=name)
+            for module in self.transformer.modules():
+                if isinstance(module, LoraLayer) and not getattr(module, "_stylecraft_routed", False):
+                    module.register_forward_pre_hook(self._lora_hook, with_kwargs=True)
+                    module._stylecraft_routed = True
             self.lora_names.append(name)
         self.configs[name] = config
         self.transformer.requires_grad_(False)
@@ -203,25 +208,18 @@ class AdaptedTransformer(nn.Module):
         unknown = {r for r in rows if r is not None and r not in self.configs}
         if unknown:
             raise StylecraftError(f"no adapter named {sorted(unknown)[0]!r} is loaded; loaded: {sorted(self.configs)}")
-        handles = []
-        if self.lora_names:
-            # peft's mixed-batch LoRA: each LoRA layer takes adapter_names, one per row ("__base__" = none).
-            names = [r if r in self.lora_names else "__base__" for r in rows]
-
-            def inject(module, args, kwargs):
-                kwargs["adapter_names"] = names
-                return args, kwargs
-
-            for module in self.transformer.modules():
-                if isinstance(module, LoraLayer):
-                    handles.append(module.register_forward_pre_hook(inject, with_kwargs=True))
         self._rows = list(rows)
         try:
             yield
         finally:
             self._rows = None
-            for handle in handles:
-                handle.remove()
+
+    def _lora_hook(self, module, args, kwargs):
+        # peft's mixed-batch LoRA: each LoRA layer takes adapter_names, one per row ("__base__" = no LoRA).
+        # Outside a routed forward every row is "__base__", so the plain transformer stays the base model.
+        rows = self._rows or [None] * args[0].shape[0]
+        kwargs["adapter_names"] = [r if r in self.lora_names else "__base__" for r in rows]
+        return args, kwargs
 
     def _styledrop_hook(self, layer: int, site: int, module, args, output: torch.Tensor) -> torch.Tensor:
         if not self._rows or not self.styledrop:

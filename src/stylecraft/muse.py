@@ -320,7 +320,7 @@ def load_muse(
         missing = [sub for sub in SUBFOLDERS if not (path / sub).is_dir()]
         if missing:
             raise StylecraftError(
-                f"{path} is not an aMUSEd-layout folder: missing {', '.join(missing)}/ "
+                f"{path} is not an aMUSEd-layout folder: missing {', '.join(m + '/' for m in missing)} "
                 f"(expected {', '.join(SUBFOLDERS)})"
             )
         return _load_folder(path, str(path), device, dtype)

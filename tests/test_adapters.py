@@ -1,0 +1,128 @@
+"""StyleDrop's bottleneck adapter and peft LoRA: structure, per-row routing, files, and wrong-base errors."""
+
+import json
+
+import pytest
+import torch
+
+from stylecraft.adapters import AdaptedTransformer, StyleDropAdapter, count_parameters, read_adapter
+from stylecraft.errors import StylecraftError
+from stylecraft.muse import build_random_muse, load_muse
+
+
+@pytest.fixture
+def muse(tiny_muse_dir):
+    return load_muse(tiny_muse_dir)
+
+
+def _inputs(muse, batch=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, muse.mask_token_id + 1, (batch, 4, 4), generator=g)
+    pooled, hidden = muse.encode_prompts(["a red house", "a cat", ""][:batch] + ["a dog"] * max(0, batch - 3))
+    return ids, hidden, pooled, muse.micro_conds(batch, 8, 8)
+
+
+def _perturb(model, name, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.adapter_parameters(name):
+            p.add_(torch.randn(p.shape, generator=g) * 0.5)
+
+
+def test_styledrop_adapter_matches_the_paper():
+    adapter = StyleDropAdapter(num_layers=22, hidden_size=1024, rank=32)
+    assert adapter.down.shape == (22, 2, 1024, 32) and adapter.up.shape == (22, 2, 32, 1024)
+    assert torch.count_nonzero(adapter.up) == 0  # zero-init: a fresh adapter is a no-op
+    assert abs(adapter.down.std().item() - 0.02 * 0.8796) < 0.001  # N(0, 0.02) cut at 2 std has std 0.88 x 0.02
+    assert adapter.down.abs().max() <= 0.04 + 1e-6  # truncated at 2 std
+    shared = StyleDropAdapter(num_layers=22, hidden_size=1024, rank=4, shared=True)
+    # one D×H and one H×D matrix plus per-(layer, site) H and D offsets
+    assert count_parameters(shared) == 2 * 1024 * 4 + 22 * 2 * (4 + 1024)
+    x = torch.randn(2, 5, 1024)
+    assert torch.equal(adapter.delta(x, 3, 1), torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("adapter_type", ["styledrop", "lora"])
+def test_fresh_adapter_is_a_no_op_and_rows_are_routed(muse, adapter_type):
+    model = AdaptedTransformer(muse)
+    model.add_adapter("style", model.new_config(adapter_type, rank=4))
+    ids, hidden, pooled, micro = _inputs(muse)
+    base = model([None] * 3, ids, hidden, pooled, micro)
+    assert torch.allclose(model(["style"] * 3, ids, hidden, pooled, micro), base, atol=1e-6)
+
+    _perturb(model, "style")
+    adapted_all = model(["style"] * 3, ids, hidden, pooled, micro)
+    mixed = model(["style", None, "style"], ids, hidden, pooled, micro)
+    assert not torch.allclose(adapted_all, base, atol=1e-4)
+    torch.testing.assert_close(mixed[0], adapted_all[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mixed[2], adapted_all[2], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mixed[1], base[1], atol=1e-5, rtol=1e-5)
+    # outside a routed forward the transformer is the untouched base model
+    torch.testing.assert_close(muse.transformer(ids, hidden, pooled, micro), base, atol=1e-5, rtol=1e-5)
+
+
+def test_two_named_adapters_share_one_base(muse):
+    model = AdaptedTransformer(muse)
+    model.add_adapter("style", model.new_config("styledrop", rank=4, shared=True))
+    model.add_adapter("content", model.new_config("lora", rank=4))
+    _perturb(model, "style", 1)
+    _perturb(model, "content", 2)
+    ids, hidden, pooled, micro = _inputs(muse)
+    style = model(["style"] * 3, ids, hidden, pooled, micro)
+    content = model(["content"] * 3, ids, hidden, pooled, micro)
+    both = model(["style", "content", None], ids, hidden, pooled, micro)
+    torch.testing.assert_close(both[0], style[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both[1], content[1], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(style[0], content[0], atol=1e-4)
+    with pytest.raises(StylecraftError, match="no adapter named 'other'"):
+        model(["other"] * 3, ids, hidden, pooled, micro)
+
+
+@pytest.mark.parametrize("adapter_type", ["styledrop", "lora"])
+def test_save_load_round_trip(muse, tmp_path, adapter_type):
+    model = AdaptedTransformer(muse)
+    model.add_adapter("a", model.new_config(adapter_type, rank=2, prompts=["a cat in oil painting style"]))
+    _perturb(model, "a")
+    model.save_adapter("a", tmp_path / "ad")
+    assert {p.name for p in (tmp_path / "ad").iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
+    config = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
+    assert config["base_fingerprint"] == muse.fingerprint and config["adapter_type"] == adapter_type
+
+    other = AdaptedTransformer(load_muse(muse.name))
+    name = other.load_adapter(tmp_path / "ad")
+    assert name == "ad"
+    ids, hidden, pooled, micro = _inputs(muse)
+    torch.testing.assert_close(
+        other(["ad"] * 3, ids, hidden, pooled, micro), model(["a"] * 3, ids, hidden, pooled, micro)
+    )
+
+
+def test_adapter_for_another_base_is_refused(muse, tmp_path):
+    model = AdaptedTransformer(muse)
+    model.add_adapter("a", model.new_config("styledrop", rank=2))
+    model.save_adapter("a", tmp_path / "ad")
+    other = build_random_muse("tiny", seed=0)
+    other.transformer.register_to_config(intermediate_size=65)  # a different architecture fingerprint
+    with pytest.raises(StylecraftError, match="was trained on base model"):
+        AdaptedTransformer(other).load_adapter(tmp_path / "ad")
+
+
+def test_broken_adapter_folders(muse, tmp_path):
+    model = AdaptedTransformer(muse)
+    model.add_adapter("a", model.new_config("styledrop", rank=2))
+    folder = tmp_path / "ad"
+    model.save_adapter("a", folder)
+    weights = (folder / "adapter_model.safetensors").read_bytes()
+
+    (folder / "adapter_model.safetensors").write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(StylecraftError, match="corrupt"):
+        read_adapter(folder)
+    (folder / "adapter_model.safetensors").unlink()
+    with pytest.raises(StylecraftError, match="has no adapter_model.safetensors"):
+        read_adapter(folder)
+    (folder / "adapter_model.safetensors").write_bytes(weights)
+    (folder / "adapter_config.json").write_text("{not json")
+    with pytest.raises(StylecraftError, match="adapter_config.json is corrupt"):
+        read_adapter(folder)
+    with pytest.raises(StylecraftError, match="adapter folder not found"):
+        read_adapter(tmp_path / "nope")

@@ -1,0 +1,102 @@
+"""The Muse backend: loading, prompt encoding, VQ round trip, masking and loss."""
+
+import json
+
+import pytest
+import torch
+
+from stylecraft.errors import StylecraftError
+from stylecraft.muse import build_random_muse, load_muse, mask_tokens, masked_token_loss
+
+
+def test_load_folder_matches_built_model(tiny_muse_dir, clip_tokenizer):
+    built = build_random_muse("tiny", seed=0, tokenizer=clip_tokenizer)
+    loaded = load_muse(tiny_muse_dir)
+    assert loaded.fingerprint == built.fingerprint
+    assert loaded.mask_token_id == loaded.transformer.config.vocab_size - 1
+    for a, b in zip(loaded.transformer.parameters(), built.transformer.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert loaded.device.type == "cpu" and loaded.dtype == torch.float32
+
+
+def test_text_encoder_pools_the_eos_token(tiny_muse_dir):
+    muse = load_muse(tiny_muse_dir)
+    assert muse.text_encoder.config.eos_token_id == muse.tokenizer.eos_token_id
+    pooled, hidden = muse.encode_prompts(["a red house", "a blue cat in watercolor style"])
+    assert pooled.shape == (2, 32) and hidden.shape == (2, 77, 32)
+    # different prompts give different pooled embeddings (pooling position 0 would make them equal)
+    assert not torch.allclose(pooled[0], pooled[1])
+
+
+def test_long_prompt_is_truncated_with_warning(tiny_muse_dir, caplog):
+    muse = load_muse(tiny_muse_dir)
+    ids = muse.tokenize(["red " * 200])
+    assert ids.shape == (1, 77)
+    assert "truncated" in caplog.text
+
+
+def test_images_tokens_round_trip_shapes(tiny_muse_dir):
+    muse = load_muse(tiny_muse_dir)
+    images = torch.rand(3, 3, muse.resolution, muse.resolution)
+    tokens = muse.encode_images(images)
+    assert tokens.shape == (3, 4, 4) and tokens.dtype == torch.long
+    assert int(tokens.max()) < muse.vqvae.config.num_vq_embeddings
+    decoded = muse.decode_tokens(tokens)
+    assert decoded.shape == images.shape and decoded.min() >= 0 and decoded.max() <= 1
+    assert torch.equal(muse.encode_images(decoded), muse.encode_images(decoded))
+
+
+def test_cosine_mask_schedule_and_loss():
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 32, (512, 4, 4), generator=generator)
+    masked, mask = mask_tokens(tokens, 32, generator)
+    assert torch.equal(masked[mask], torch.full_like(masked[mask], 32))
+    assert torch.equal(masked[~mask], tokens[~mask])
+    assert mask.flatten(1).sum(1).min() >= 1
+    # E[cos(pi u / 2)] = 2 / pi for u ~ U[0, 1)
+    assert abs(mask.float().mean().item() - 2 / torch.pi) < 0.05
+    logits = torch.zeros(512, 32, 4, 4)
+    logits.scatter_(1, tokens[:, None], 50.0)  # a perfect prediction
+    assert masked_token_loss(logits, tokens, mask).item() < 1e-6
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [("no/such/model/here", "not a folder"), ("./missing-folder", "not a folder")],
+)
+def test_unknown_model_is_a_clear_error(name, message):
+    with pytest.raises(StylecraftError, match=message):
+        load_muse(name)
+
+
+def test_hub_id_offline_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(StylecraftError, match="could not load model 'amused/amused-256'"):
+        load_muse("amused/amused-256")
+
+
+def test_incomplete_folder_names_missing_parts(tiny_muse_dir, tmp_path):
+    (tmp_path / "transformer").mkdir()
+    with pytest.raises(StylecraftError, match="missing vqvae/"):
+        load_muse(tmp_path)
+
+
+def test_mismatched_eos_id_is_refused(tiny_muse_dir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "m"
+    shutil.copytree(tiny_muse_dir, broken)
+    config_path = broken / "text_encoder" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["eos_token_id"] = 2
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(StylecraftError, match="eos_token_id"):
+        load_muse(broken)
+
+
+@pytest.mark.slow
+def test_amused_256_architecture_builds():
+    muse = build_random_muse("amused-256")
+    n = sum(p.numel() for p in muse.transformer.parameters())
+    assert 600e6 < n < 610e6
+    assert muse.resolution == 256
