@@ -45,6 +45,43 @@ def _add_sampling(parser: argparse.ArgumentParser) -> None:
 def _configure_instantstyle(parser: argparse.ArgumentParser) -> None:
     """Options of ``stylecraft instantstyle`` (InstantStyle, arXiv 2404.02733)."""
     parser.add_argument("--model", required=True, help="SD 1.5 / SDXL hub id or diffusers folder")
+    parser.add_argument("--ip-adapter", default="h94/IP-Adapter", help="IP-Adapter repo id or folder")
+    parser.add_argument(
+        "--ip-adapter-weight",
+        default=None,
+        help="weights file inside --ip-adapter (default: sdxl_models/ip-adapter_sdxl.safetensors for SDXL, "
+        "models/ip-adapter_sd15.safetensors for SD 1.5)",
+    )
+    parser.add_argument("--image-encoder", default=None, help="CLIP vision folder or subfolder (image_encoder)")
+    style = parser.add_mutually_exclusive_group(required=True)
+    style.add_argument("--style-image", default=None, help="the style reference image")
+    style.add_argument("--style-embeds", default=None, help="precomputed embedding (a run's inputs/style_embeds.*)")
+    parser.add_argument("--prompt", required=True, help="what to draw")
+    parser.add_argument("--negative-prompt", default=None, help="negative prompt (default: none)")
+    parser.add_argument("--scale", type=float, default=1.0, help="IP-Adapter scale in the chosen blocks (default 1.0)")
+    parser.add_argument(
+        "--blocks",
+        default="style",
+        help="style | style+layout | all, or comma-separated keys like up_blocks.0.attentions.1 (default style)",
+    )
+    parser.add_argument("--content-prompt", default=None, help="content of the style image to subtract, e.g. 'a cat'")
+    parser.add_argument("--subtract", type=float, default=None, help="strength (default 0.5 SDXL bigG, 0.8 ViT-H)")
+    parser.add_argument("--content-text-encoder", default=None, help="CLIP text tower matching a ViT-H image encoder")
+    parser.add_argument("--content-image", default=None, help="keep this image's layout (canny ControlNet)")
+    parser.add_argument(
+        "--controlnet",
+        default=None,
+        help="canny ControlNet (default: diffusers/controlnet-canny-sdxl-1.0, lllyasviel/sd-controlnet-canny)",
+    )
+    parser.add_argument("--controlnet-scale", type=float, default=0.6, help="conditioning scale (default 0.6)")
+    parser.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
+    parser.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5)")
+    parser.add_argument("--num-images", type=int, default=4, help="images to generate (default 4)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of torch.Generator('cpu') (default 0)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="weights dtype (default float32)"
+    )
     _add_out(parser)
 
 

@@ -1,0 +1,281 @@
+"""InstantStyle on tiny random SD 1.5 / SDXL pipelines: block presets, parity with diffusers, subtraction, CLI."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stylecraft.errors import StylecraftError
+from stylecraft.instantstyle import (
+    InstantStyle,
+    canny_edges,
+    ip_adapter_processors,
+    load_instantstyle,
+    subtract_content,
+)
+from stylecraft.random_sd import UNET_CONFIGS, build_tiny_pipeline, build_unet, save_tiny_ip_adapter
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, clip_tokenizer):
+    """Tiny pipelines and IP-Adapters on disk, in the hub layouts: {name: (model_dir, ip_adapter_dir)}."""
+    from diffusers import ControlNetModel
+
+    root = tmp_path_factory.mktemp("instantstyle")
+    folders, unets = {}, {}
+    for architecture in ("tiny-sdxl", "tiny-sd15"):
+        pipe = build_tiny_pipeline(architecture, clip_tokenizer)
+        pipe.save_pretrained(root / architecture)
+        save_tiny_ip_adapter(root / f"{architecture}-ip", pipe.unet)
+        folders[architecture], unets[architecture] = (root / architecture, root / f"{architecture}-ip"), pipe.unet
+    save_tiny_ip_adapter(
+        root / "tiny-sdxl-ip", unets["tiny-sdxl"], plus=True, weight_name="ip-adapter-plus.safetensors"
+    )
+    # One conditioning downsample: the tiny VAE scales by 2, not 8. A fresh ControlNet's zero convs make it a no-op,
+    # so they get small random weights.
+    controlnet = ControlNetModel.from_unet(unets["tiny-sdxl"], conditioning_embedding_out_channels=(8, 16))
+    torch.manual_seed(0)
+    for parameter in controlnet.parameters():
+        if not parameter.any():
+            parameter.data.normal_(0, 0.1)
+    controlnet.save_pretrained(root / "cn")
+    folders["controlnet"] = root / "cn"
+    return folders
+
+
+def _load(saved, architecture="tiny-sdxl", **kwargs) -> InstantStyle:
+    model, ip_adapter = saved[architecture]
+    return load_instantstyle(model, ip_adapter=ip_adapter, weight_name="ip-adapter.safetensors", **kwargs)
+
+
+@pytest.fixture(scope="module")
+def sdxl(saved):
+    return _load(saved)
+
+
+@pytest.fixture(scope="module")
+def sd15(saved):
+    return _load(saved, "tiny-sd15")
+
+
+@pytest.fixture(scope="module")
+def style_png(tmp_path_factory):
+    path = tmp_path_factory.mktemp("style") / "style.png"
+    Image.fromarray((np.random.RandomState(0).rand(40, 48, 3) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def _arrays(images) -> np.ndarray:
+    return np.stack([np.asarray(image) for image in images])
+
+
+def _image_proj_inputs(style: InstantStyle, run) -> torch.Tensor:
+    """What the IP-Adapter's projection layer received during ``run()``: [2·images, D] (negative rows first)."""
+    seen = []
+    hook = style.image_projection.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    try:
+        run()
+    finally:
+        hook.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize(
+    "architecture, blocks, prefixes",
+    [
+        ("tiny-sdxl", "style", ["up_blocks.0.attentions.1."]),
+        ("tiny-sdxl", "style+layout", ["up_blocks.0.attentions.1.", "down_blocks.2.attentions.1."]),
+        ("tiny-sdxl", "all", ["down_blocks.", "mid_block.", "up_blocks."]),
+        ("tiny-sdxl", "up_blocks.1.attentions.2, mid_block", ["up_blocks.1.attentions.2.", "mid_block."]),
+        ("tiny-sd15", "style", ["up_blocks.1."]),
+        ("tiny-sd15", "style+layout", ["down_blocks.2.", "mid_block.", "up_blocks.1."]),
+    ],
+)
+def test_presets_reach_exactly_the_intended_processors(request, style_png, architecture, blocks, prefixes):
+    style = request.getfixturevalue("sdxl" if architecture == "tiny-sdxl" else "sd15")
+    processors = ip_adapter_processors(style.pipe.unet)
+    expected = {name for name in processors if name.startswith(tuple(prefixes))}
+    assert expected and (blocks == "all") == (expected == set(processors))
+    fired = set()
+    hooks = [
+        processor.to_k_ip[0].register_forward_hook(lambda *_, name=name: fired.add(name))
+        for name, processor in processors.items()
+    ]
+    try:
+        output = style("a red fox", style_png, blocks=blocks, steps=1)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert fired == expected
+    assert output.settings["active_processors"] == len(expected)
+
+
+def test_all_and_style_equal_diffusers(sdxl, style_png):
+    image = Image.open(style_png).convert("RGB")
+    settings = dict(num_inference_steps=2, guidance_scale=5.0, num_images_per_prompt=2)
+    for blocks, diffusers_scale in (("all", 1.0), ("style", {"up": {"block_0": [0.0, 1.0, 0.0]}})):
+        ours = sdxl("a red fox", image, blocks=blocks, steps=2, guidance=5.0, num_images=2, seed=3).images
+        sdxl.pipe.set_ip_adapter_scale(diffusers_scale)
+        generator = torch.Generator("cpu").manual_seed(3)
+        reference = sdxl.pipe("a red fox", ip_adapter_image=image, generator=generator, **settings).images
+        np.testing.assert_array_equal(_arrays(ours), _arrays(reference), err_msg=blocks)
+    # The style block changes the picture, so "style" and "all" are not trivially equal.
+    assert not np.array_equal(_arrays(ours), _arrays(sdxl("a red fox", image, blocks="all", steps=2, seed=3).images))
+
+
+def test_subtraction_is_image_minus_s_times_content_text(sdxl, style_png):
+    pipe = sdxl.pipe
+    pixels = pipe.feature_extractor(Image.open(style_png).convert("RGB"), return_tensors="pt").pixel_values
+    tokens = pipe.tokenizer_2("a dog", padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        image_embeds = pipe.image_encoder(pixels).image_embeds  # [1, D], bigG's space in real SDXL
+        text_embeds = pipe.text_encoder_2(tokens.input_ids).text_embeds  # [1, D], same space
+    for subtract, expected_strength in ((None, 0.5), (0.3, 0.3)):
+        received = _image_proj_inputs(
+            sdxl, lambda s=subtract: sdxl("a cat", style_png, content_prompt="a dog", subtract=s, steps=1)
+        )
+        torch.testing.assert_close(received[0], torch.zeros_like(received[0]), rtol=0, atol=0)  # negative
+        torch.testing.assert_close(received[1], (image_embeds - expected_strength * text_embeds)[0])
+    # A precomputed embedding takes the same path (the official repo drops the subtraction there).
+    precomputed = sdxl("a cat", style_png, steps=1).image_embeds
+    from_file = _image_proj_inputs(
+        sdxl, lambda: sdxl("a cat", style_embeds=precomputed, content_prompt="a dog", steps=1)
+    )
+    torch.testing.assert_close(from_file[1], (image_embeds - 0.5 * text_embeds)[0])
+    torch.testing.assert_close(
+        subtract_content(torch.ones(1, 3), torch.arange(3.0)[None], 2.0), torch.tensor([[1.0, -1, -3]])
+    )
+
+
+def test_sd15_subtraction_uses_the_content_text_encoder(saved, sd15, style_png, tmp_path, clip_tokenizer):
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    with pytest.raises(StylecraftError, match="--content-text-encoder"):
+        sd15("a cat", style_png, content_prompt="a dog", steps=1)
+    for projection_dim, folder in ((16, tmp_path / "vit-h-text"), (24, tmp_path / "wrong-text")):
+        config = CLIPTextConfig(
+            vocab_size=1000, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+            projection_dim=projection_dim, bos_token_id=clip_tokenizer.bos_token_id,
+            eos_token_id=clip_tokenizer.eos_token_id, pad_token_id=clip_tokenizer.pad_token_id,
+        )  # fmt: skip
+        CLIPTextModelWithProjection(config).save_pretrained(folder)
+        clip_tokenizer.save_pretrained(folder)
+    style = _load(saved, "tiny-sd15", content_text_encoder=tmp_path / "vit-h-text")
+    output = style("a cat", style_png, content_prompt="a dog", steps=1)
+    assert output.settings["subtract"] == 0.8
+    with pytest.raises(StylecraftError, match="16 dims but the content text embedding has 24"):
+        _load(saved, "tiny-sd15", content_text_encoder=tmp_path / "wrong-text")("a", style_png, content_prompt="b")
+
+
+def test_clear_errors(saved, sdxl, style_png, tmp_path):
+    with pytest.raises(StylecraftError, match=r"unknown block key\(s\) up_blocks\.9 .*up_blocks\.0\.attentions\.1"):
+        sdxl("a cat", style_png, blocks="up_blocks.0.attentions.1,up_blocks.9")
+    with pytest.raises(StylecraftError, match="unknown block key"):
+        sdxl("a cat", style_png, blocks="up_blocks.0.attentions.7")  # diffusers would silently turn it all off
+    fake = tmp_path / "style.png"
+    fake.write_text("not an image")
+    with pytest.raises(StylecraftError, match="not a readable image"):
+        sdxl("a cat", fake)
+    with pytest.raises(StylecraftError, match="PIL image or an image file path, not ndarray"):
+        sdxl("a cat", np.zeros((32, 32, 3)))
+    with pytest.raises(StylecraftError, match="style embedding has 8 dims but this IP-Adapter expects 16"):
+        sdxl("a cat", style_embeds=torch.zeros(1, 8))
+    with pytest.raises(StylecraftError, match="exactly one"):
+        sdxl("a cat")
+    with pytest.raises(StylecraftError, match="--subtract needs --content-prompt"):
+        sdxl("a cat", style_png, subtract=0.5)
+    with pytest.raises(StylecraftError, match="needs a ControlNet"):
+        sdxl("a cat", style_png, content_image=style_png)
+    with pytest.raises(StylecraftError, match="could not load IP-Adapter"):
+        load_instantstyle(saved["tiny-sdxl"][0], ip_adapter=tmp_path, weight_name="missing.safetensors")
+
+
+def test_plus_adapter_generates_but_refuses_subtraction(saved, style_png):
+    model, ip_adapter = saved["tiny-sdxl"]
+    style = load_instantstyle(model, ip_adapter=ip_adapter, weight_name="ip-adapter-plus.safetensors")
+    assert style("a cat", style_png, steps=1).images[0].size == (32, 32)
+    with pytest.raises(StylecraftError, match="patch tokens"):
+        style("a cat", style_png, content_prompt="a dog", steps=1)
+
+
+def test_canny_edges_follow_boundaries():
+    array = np.zeros((32, 32), dtype=np.uint8)
+    array[8:24, 8:24] = 255
+    edges = np.asarray(canny_edges(Image.fromarray(array).convert("RGB")))
+    assert edges.shape == (32, 32, 3) and set(np.unique(edges)) == {0, 255}
+    on = edges[..., 0] > 0
+    assert on[7:9, 10:22].any(axis=0).all() and on[10:22, 23:25].any(axis=1).all()  # every side of the square
+    assert not on[12:20, 12:20].any() and not on[:5].any()  # nothing inside or in the flat background
+    assert not np.asarray(canny_edges(Image.new("RGB", (32, 32), "gray"))).any()
+
+
+def test_content_image_goes_through_the_controlnet(saved, style_png):
+    style = _load(saved, controlnet=saved["controlnet"])
+    assert type(style.pipe).__name__ == "StableDiffusionXLControlNetPipeline"
+    output = style("a cat", style_png, content_image=style_png, steps=1)
+    assert output.control_image.size == (32, 32) and output.settings["controlnet_scale"] == 0.6
+    stronger = style("a cat", style_png, content_image=style_png, controlnet_scale=2.0, steps=1)
+    assert not np.array_equal(_arrays(output.images), _arrays(stronger.images))
+
+
+def test_cli_writes_images_grid_run_json_and_reuses_embeddings(saved, style_png, tmp_path, capsys):
+    from stylecraft.cli import main
+
+    model, ip_adapter = saved["tiny-sdxl"]
+    common = ["instantstyle", "--model", str(model), "--ip-adapter", str(ip_adapter)]
+    common += ["--ip-adapter-weight", "ip-adapter.safetensors", "--prompt", "a red fox", "--steps", "1"]
+    common += ["--num-images", "2", "--content-prompt", "a dog"]
+    assert main([*common, "--style-image", str(style_png), "--out", str(tmp_path / "a")]) == 0
+    files = sorted(p.relative_to(tmp_path / "a").as_posix() for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert files == ["000.png", "001.png", "grid.png", "inputs/style_embeds.safetensors", "run.json"]
+    run = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert run["blocks"] == "style" and run["block_keys"] == ["up_blocks.0.attentions.1"] and run["subtract"] == 0.5
+    assert Image.open(tmp_path / "a" / "000.png").text["prompt"] == "a red fox"
+
+    embeds = tmp_path / "a" / "inputs" / "style_embeds.safetensors"
+    assert main([*common, "--style-embeds", str(embeds), "--out", str(tmp_path / "b")]) == 0
+    for name in ("000.png", "001.png"):
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(tmp_path / "a" / name)), np.asarray(Image.open(tmp_path / "b" / name))
+        )
+
+    capsys.readouterr()
+    assert (
+        main([*common, "--style-image", str(style_png), "--blocks", "up_blocks.5", "--out", str(tmp_path / "c")]) == 2
+    )
+    assert capsys.readouterr().err.startswith("error: unknown block key(s) up_blocks.5")
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture, parameters", [("sd15", 859_520_964), ("sdxl", 2_567_463_684)])
+def test_real_architectures_take_one_step_with_style_blocks(architecture, parameters):
+    """The published UNet configs with random weights load an IP-Adapter and run one CFG step (latents 32×32)."""
+    from diffusers.models.embeddings import MultiIPAdapterImageProjection
+
+    from stylecraft.instantstyle import resolve_blocks, set_ip_adapter_blocks
+    from stylecraft.random_sd import ip_adapter_state_dict
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    unet = build_unet(architecture)
+    assert sum(p.numel() for p in unet.parameters()) == parameters
+    embed_dim = 1280 if architecture == "sdxl" else 1024  # bigG / ViT-H image encoders
+    unet._load_ip_adapter_weights([ip_adapter_state_dict(unet, embed_dim)])
+    assert isinstance(unet.encoder_hid_proj, MultiIPAdapterImageProjection)
+    active = set_ip_adapter_blocks(unet, resolve_blocks(unet, "style"))
+    assert active and all(
+        name.startswith("up_blocks." + ("0.attentions.1" if architecture == "sdxl" else "1")) for name in active
+    )
+    config = UNET_CONFIGS[architecture]
+    batch, text = 2, torch.randn(2, 77, config["cross_attention_dim"])
+    added = {"image_embeds": [torch.cat([torch.zeros(1, 1, embed_dim), torch.randn(1, 1, embed_dim)])]}
+    if architecture == "sdxl":
+        added.update(
+            text_embeds=torch.randn(batch, 1280), time_ids=torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]] * 2)
+        )
+    with torch.no_grad():
+        out = unet(torch.randn(batch, 4, 32, 32), 500, encoder_hidden_states=text, added_cond_kwargs=added).sample
+    assert out.shape == (batch, 4, 32, 32) and torch.isfinite(out).all()
