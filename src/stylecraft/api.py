@@ -193,7 +193,7 @@ def run_train_cli(args) -> int:
     )
     if config.adapter_type == "lora" and config.shared:
         config.shared = False  # the round1 recipe's sharing does not apply to LoRA
-    muse = load(args.model, args.device or "cpu")
+    muse = load(args.model, args.device, args.dtype)
     images = [load_image(path, muse.resolution) for path in args.image]
     train(muse, images, args.prompt, args.out, config, resume=args.resume, overwrite=args.overwrite)
     print(args.out)

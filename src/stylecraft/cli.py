@@ -120,7 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no", help="accelerate precision")
     p.add_argument("--out", required=True, help="adapter folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing finished adapter folder")
-    p.add_argument("--device", default=None, help="device (default: accelerate's choice; CPU here)")
 
     p = commands.add_parser("score", help="CLIP text and style scores of a folder of images (JSON on stdout)")
     p.add_argument("--images", required=True, help="folder of images")

@@ -1,0 +1,109 @@
+"""The training loop: it learns, only adapter weights change, resume is exact, and bad runs fail cleanly."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stylecraft.adapters import read_adapter
+from stylecraft.errors import StylecraftError
+from stylecraft.muse import load_muse
+from stylecraft.training import TrainConfig, load_recipe, train_adapter
+
+PROMPT = "a red house in watercolor painting style"
+
+
+@pytest.fixture
+def muse(tiny_muse_dir):
+    return load_muse(tiny_muse_dir)
+
+
+@pytest.fixture
+def image():
+    return Image.fromarray((np.random.RandomState(0).rand(8, 8, 3) * 255).astype("uint8"))
+
+
+def _config(**kwargs):
+    values = dict(steps=8, lr=3e-2, batch_size=4, checkpoint_every=0, seed=3)
+    values.update(kwargs)
+    return TrainConfig(**values)
+
+
+@pytest.mark.parametrize("adapter_type", ["styledrop", "lora"])
+def test_training_lowers_the_loss_and_touches_only_the_adapter(muse, image, tmp_path, adapter_type):
+    before = {k: v.clone() for k, v in muse.transformer.state_dict().items()}
+    config = _config(adapter_type=adapter_type, shared=False, rank=4, steps=30, lr=1e-2)
+    train_adapter(muse, [image], [PROMPT], config, tmp_path / "ad", progress=False)
+    log = json.loads((tmp_path / "ad" / "train_log.json").read_text())
+    assert len(log) == 30
+    assert np.mean([r["loss"] for r in log[-5:]]) < np.mean([r["loss"] for r in log[:5]])
+    after = {k.replace(".base_layer", ""): v for k, v in muse.transformer.state_dict().items() if "lora_" not in k}
+    assert after.keys() == before.keys()
+    for key, value in before.items():  # the base transformer is frozen (LoRA adds keys, never changes these)
+        assert torch.equal(after[key], value), key
+    config_file, state = read_adapter(tmp_path / "ad")
+    assert config_file.adapter_type == adapter_type and config_file.prompts == [PROMPT]
+    assert config_file.training["trainable_parameters"] == sum(v.numel() for v in state.values())
+    assert any(v.abs().sum() > 0 for k, v in state.items() if "up" in k or "lora_B" in k)
+
+
+def test_resume_reaches_the_same_weights(muse, image, tmp_path):
+    images, prompts = [image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)], [PROMPT, "a cat in watercolor style"]
+    train_adapter(muse, images, prompts, _config(steps=6), tmp_path / "full", progress=False)
+    train_adapter(muse, images, prompts, _config(steps=3), tmp_path / "part", progress=False)
+    train_adapter(muse, images, prompts, _config(steps=6), tmp_path / "part", resume=True, progress=False)
+    _, full = read_adapter(tmp_path / "full")
+    _, resumed = read_adapter(tmp_path / "part")
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
+    assert len(json.loads((tmp_path / "part" / "train_log.json").read_text())) == 6
+
+
+def test_resume_refuses_changed_settings(muse, image, tmp_path):
+    train_adapter(muse, [image], [PROMPT], _config(steps=2), tmp_path / "ad", progress=False)
+    with pytest.raises(StylecraftError, match=r"--resume with changed settings \(lr"):
+        train_adapter(muse, [image], [PROMPT], _config(steps=4, lr=0.1), tmp_path / "ad", resume=True)
+    with pytest.raises(StylecraftError, match="nothing to resume"):
+        train_adapter(muse, [image], [PROMPT], _config(), tmp_path / "fresh", resume=True)
+    with pytest.raises(StylecraftError, match="already exists"):
+        train_adapter(muse, [image], [PROMPT], _config(), tmp_path / "ad")
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(muse, image, tmp_path):
+    train_adapter(muse, [image], [PROMPT], _config(steps=2), tmp_path / "ad", progress=False)
+    good = (tmp_path / "ad" / "checkpoint" / "state.safetensors").read_bytes()
+    # a learning rate so large the weights overflow to inf, then the loss turns NaN
+    with pytest.raises(StylecraftError, match="loss became nan"):
+        train_adapter(
+            muse,
+            [image],
+            [PROMPT],
+            _config(steps=50, lr=1e20, shared=False),
+            tmp_path / "bad",
+            progress=False,
+        )
+    assert not (tmp_path / "bad" / "adapter_config.json").exists()  # nothing that looks finished
+    assert (tmp_path / "ad" / "checkpoint" / "state.safetensors").read_bytes() == good
+
+
+def test_bad_inputs(muse, image, tmp_path):
+    with pytest.raises(StylecraftError, match="empty prompt"):
+        train_adapter(muse, [image], [" "], _config(), tmp_path / "a")
+    with pytest.raises(StylecraftError, match="2 images but 3 prompts"):
+        train_adapter(muse, [image, image], ["a", "b", "c"], _config(), tmp_path / "a")
+    with pytest.raises(StylecraftError, match="must be 8x8"):
+        train_adapter(muse, [image.resize((16, 16))], [PROMPT], _config(), tmp_path / "a")
+    with pytest.raises(StylecraftError, match="--batch-size must be at least 1"):
+        TrainConfig(batch_size=0)
+
+
+def test_recipes():
+    round1, round2, lora = load_recipe("round1"), load_recipe("round2"), load_recipe("lora")
+    assert (round1.rank, round1.shared, round1.lr, round1.batch_size, round1.steps) == (4, True, 3e-5, 8, 1000)
+    assert (round2.rank, round2.shared) == (32, False)
+    assert (lora.adapter_type, lora.rank, lora.target_modules) == ("lora", 16, ["to_q", "to_k", "to_v"])
+    assert load_recipe("round1", steps=5).steps == 5
+    with pytest.raises(StylecraftError, match="unknown recipe"):
+        load_recipe("round9")
