@@ -107,3 +107,21 @@ def test_recipes():
     assert load_recipe("round1", steps=5).steps == 5
     with pytest.raises(StylecraftError, match="unknown recipe"):
         load_recipe("round9")
+
+
+def test_full_fine_tuning_baseline(tiny_muse_dir, image, tmp_path):
+    import stylecraft
+
+    muse = load_muse(tiny_muse_dir)
+    before = {k: v.clone() for k, v in muse.transformer.state_dict().items()}
+    train_adapter(
+        muse, [image], [PROMPT], _config(adapter_type="full", shared=False, steps=3), tmp_path / "ft", progress=False
+    )
+    config, state = read_adapter(tmp_path / "ft")
+    assert config.adapter_type == "full" and state.keys() == before.keys()
+    assert any(not torch.equal(state[k], before[k]) for k in before)
+    # sampling a full fine-tune loads its weights into a fresh base and uses plain CFG
+    fresh = load_muse(tiny_muse_dir)
+    images = stylecraft.sample(fresh, ["a cat"], adapter=tmp_path / "ft", config=stylecraft.SamplingConfig(steps=2))
+    assert len(images) == 1
+    assert all(torch.equal(fresh.transformer.state_dict()[k], state[k]) for k in state)

@@ -34,7 +34,7 @@ from .muse import MuseModel
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-ADAPTER_TYPES = ("styledrop", "lora")
+ADAPTER_TYPES = ("styledrop", "lora", "full")  # "full": the whole transformer (a baseline)
 # StyleDrop's two adapter sites in each transformer layer (diffusers' BasicTransformerBlock submodule names).
 STYLEDROP_SITES = ("attn2", "ff")
 
@@ -43,7 +43,7 @@ STYLEDROP_SITES = ("attn2", "ff")
 class AdapterConfig:
     """Everything needed to rebuild an adapter and check it belongs to its base model."""
 
-    adapter_type: str = "styledrop"  # "styledrop" (the paper's bottleneck adapter) or "lora" (peft)
+    adapter_type: str = "styledrop"  # "styledrop" (the paper's adapter), "lora" (peft) or "full" (fine-tuning)
     rank: int = 4  # bottleneck width d_prj for styledrop, r for LoRA
     shared: bool = False  # styledrop only: factorised sharing across layers (paper's is_shared)
     lora_alpha: int | None = None  # LoRA scaling numerator (default: rank, i.e. scale 1)
@@ -126,7 +126,11 @@ class AdaptedTransformer(nn.Module):
         if name == "__base__":
             raise StylecraftError("'__base__' is reserved for the base model")
         self._check_base(config, name)
-        if config.adapter_type == "styledrop":
+        if config.adapter_type == "full" and self.configs:
+            raise StylecraftError("a fully fine-tuned transformer replaces the base: load it without other adapters")
+        if config.adapter_type == "full":
+            pass  # the base transformer's own weights are the "adapter"
+        elif config.adapter_type == "styledrop":
             adapter = StyleDropAdapter(config.num_layers, config.hidden_size, config.rank, config.shared)
             self.styledrop[name] = adapter.to(self.transformer.device, self.transformer.dtype)
         else:
@@ -155,13 +159,20 @@ class AdaptedTransformer(nn.Module):
                 f"load it with --model {config.base_model}"
             )
 
+    def is_full(self, name: str) -> bool:
+        return self.configs[name].adapter_type == "full"
+
     def adapter_parameters(self, name: str) -> list[nn.Parameter]:
+        if self.is_full(name):
+            return list(self.transformer.parameters())
         if name in self.styledrop:
             return list(self.styledrop[name].parameters())
         return [p for n, p in self.transformer.named_parameters() if f".{name}." in n and "lora_" in n]
 
     def adapter_state_dict(self, name: str) -> dict[str, torch.Tensor]:
-        if name in self.styledrop:
+        if self.is_full(name):
+            state = self.transformer.state_dict()
+        elif name in self.styledrop:
             state = self.styledrop[name].state_dict()
         else:
             state = get_peft_model_state_dict(self.transformer, adapter_name=name)
@@ -176,7 +187,9 @@ class AdaptedTransformer(nn.Module):
                 f"adapter {name!r} weights do not fit this model (first mismatched key: {problems[0]}); "
                 "the file is corrupt or for another architecture"
             )
-        if name in self.styledrop:
+        if self.is_full(name):
+            self.transformer.load_state_dict(state)
+        elif name in self.styledrop:
             self.styledrop[name].load_state_dict(state)
         else:
             set_peft_model_state_dict(self.transformer, state, adapter_name=name)
@@ -208,6 +221,10 @@ class AdaptedTransformer(nn.Module):
         unknown = {r for r in rows if r is not None and r not in self.configs}
         if unknown:
             raise StylecraftError(f"no adapter named {sorted(unknown)[0]!r} is loaded; loaded: {sorted(self.configs)}")
+        if any(self.is_full(name) for name in self.configs) and None in rows:
+            raise StylecraftError(
+                "a fully fine-tuned transformer has no base model left for guidance terms; sample it with plain CFG"
+            )
         self._rows = list(rows)
         try:
             yield

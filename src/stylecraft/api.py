@@ -98,7 +98,9 @@ def sample(
         ):
             if folder is not None:
                 names[role] = model.load_adapter(folder, name=role)
-        if adapter is not None and config.lambda_a is None:
+        if adapter is not None and model.is_full(names["adapter"]):
+            model, names = None, {}  # fine-tuned weights are now the transformer's: plain CFG (Eq. 1)
+        elif adapter is not None and config.lambda_a is None:
             config.lambda_a = 0.0
     content_prompts = None
     if style_adapter is not None or content_adapter is not None:
@@ -191,8 +193,8 @@ def run_train_cli(args) -> int:
         checkpoint_every=args.checkpoint_every,
         mixed_precision=None if args.mixed_precision == "no" else args.mixed_precision,
     )
-    if config.adapter_type == "lora" and config.shared:
-        config.shared = False  # the round1 recipe's sharing does not apply to LoRA
+    if config.adapter_type != "styledrop" and config.shared:
+        config.shared = False  # the round1 recipe's sharing applies to the styledrop adapter only
     muse = load(args.model, args.device, args.dtype)
     images = [load_image(path, muse.resolution) for path in args.image]
     train(muse, images, args.prompt, args.out, config, resume=args.resume, overwrite=args.overwrite)

@@ -39,7 +39,6 @@ def _add_sampling(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, nargs="+", default=[2.0, 0.0], help="start [end] (default 2 0)")
     parser.add_argument("--negative-prompt", default=None, help="negative prompt (default: empty)")
     parser.add_argument("--seed", type=int, default=0, help="seed of torch.Generator('cpu') (default 0)")
-    parser.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default all)")
 
 
 def _configure_instantstyle(parser: argparse.ArgumentParser) -> None:
@@ -107,7 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", action="append", required=True, help="training image (repeat for several)")
     p.add_argument("--prompt", action="append", required=True, help="its prompt (one, or one per image)")
     p.add_argument("--recipe", default=None, help="recipe name (round1, round2, lora) or JSON file (default round1)")
-    p.add_argument("--adapter", choices=["styledrop", "lora"], default=None, help="adapter type")
+    p.add_argument(
+        "--adapter",
+        choices=["styledrop", "lora", "full"],
+        default=None,
+        help="adapter type (full = fine-tune the transformer)",
+    )
     p.add_argument("--rank", type=int, default=None, help="bottleneck d_prj (styledrop) or LoRA rank")
     p.add_argument("--shared", action=argparse.BooleanOptionalAction, default=None, help="factorised sharing")
     p.add_argument("--steps", type=int, default=None, help="training steps")
@@ -136,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo recipe)")
 
+    p = commands.add_parser("eval", help="StyleDrop Table 2 in the shapes world: methods x held-out styles")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
+    p.add_argument("--style", action="append", default=None, help="style to evaluate (repeat; default: held-out)")
+    p.add_argument("--method", action="append", default=None, help="method (repeat; default: all four)")
+    p.add_argument("--num-images", type=int, default=4, help="images per prompt (default 4)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: each recipe's)")
+    _add_out(p)
+
     commands.add_parser("env", help="print versions and devices (for bug reports)")
     return parser
 
@@ -146,6 +158,7 @@ RUNNERS = {
     "score": "stylecraft.scoring:run_cli",
     "instantstyle": "stylecraft.instantstyle:run_cli",
     "demo": "stylecraft.demo:run_cli",
+    "eval": "stylecraft.evaluation:run_cli",
     "env": "stylecraft.cli:run_env",
 }
 

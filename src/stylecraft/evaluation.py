@@ -1,0 +1,277 @@
+"""Measuring StyleDrop in the shapes world, against ground truth (the layout of StyleDrop's Table 2).
+
+A *task* is one held-out style: a single reference render ("a large red circle in neon glow style") to train on,
+and evaluation prompts over shapes × colours that differ from the reference's. Generated images are judged by
+the world's oracles (style, shape, colour classifiers that never train or select anything) and by the mini CLIP:
+
+- style accuracy: the oracle sees the reference's style;
+- shape / colour / content accuracy: the oracle sees the prompt's shape / colour / both;
+- content leakage: the oracle sees the reference's shape or colour where the prompt asked for another;
+- CLIP text score (image vs prompt) and style score (image vs reference), cosine similarities.
+
+Evaluation seeds are fixed and disjoint from training seeds (``EVAL_SEED``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .world import COLOUR_NAMES, SHAPES, STYLES, caption, parse_caption, render_prompts
+
+EVAL_SEED = 1_000_003  # sampling seeds of evaluation runs; training uses small seeds
+
+
+@dataclass
+class StyleTask:
+    """One StyleDrop experiment: a reference image of a style, and prompts to draw in it."""
+
+    style: str
+    reference_prompt: str
+    reference: Image.Image
+    prompts: list[str]
+
+    @property
+    def reference_content(self) -> tuple[str, str]:
+        parsed = parse_caption(self.reference_prompt)
+        return parsed["shape"], parsed["colour"]
+
+
+def make_task(style: str, shape: str = "circle", colour: str = "red", num_prompts: int = 8, seed: int = 0) -> StyleTask:
+    """A task for ``style``: reference "a large {colour} {shape} in {style} style" rendered with ``seed``, and
+    ``num_prompts`` prompts whose shape AND colour both differ from the reference (so leakage is measurable)."""
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; the world's styles are {STYLES}")
+    reference_prompt = caption(shape, colour, "large", style=style)
+    reference = Image.fromarray(render_prompts([reference_prompt], seed=seed)[0])
+    shapes = [s for s in SHAPES if s != shape]
+    colours = [c for c in COLOUR_NAMES if c != colour]
+    # a Latin-square walk over (shape, colour) pairs: every shape and colour appears, none equals the reference's
+    pairs = [(shapes[i % len(shapes)], colours[(i * 3) % len(colours)]) for i in range(num_prompts)]
+    prompts = [caption(s, c, "large", style=style) for s, c in pairs]
+    return StyleTask(style, reference_prompt, reference, prompts)
+
+
+def measure(images: list[Image.Image], prompts: list[str], task: StyleTask, oracles, scorer=None) -> dict:
+    """Oracle and CLIP metrics of ``images`` (image i drawn for ``prompts[i]``) against ``task``."""
+    from .world.oracles import ATTRIBUTES
+
+    array = np.stack([np.asarray(image.convert("RGB")) for image in images])
+    predicted = oracles.predict(array)
+    wanted = [parse_caption(p) for p in prompts]
+    want_shape = np.array([SHAPES.index(w["shape"]) for w in wanted])
+    want_colour = np.array([COLOUR_NAMES.index(w["colour"]) for w in wanted])
+    ref_shape, ref_colour = (SHAPES.index(x) for x in task.reference_content)
+    shape_ok = predicted["shape"] == want_shape
+    colour_ok = predicted["colour"] == want_colour
+    # leakage: the reference's shape (or colour) appears where the prompt asked for a different one
+    leak = ((predicted["shape"] == ref_shape) & (want_shape != ref_shape)) | (
+        (predicted["colour"] == ref_colour) & (want_colour != ref_colour)
+    )
+    metrics = {
+        "style_accuracy": float((predicted["style"] == ATTRIBUTES["style"].index(task.style)).mean()),
+        "shape_accuracy": float(shape_ok.mean()),
+        "colour_accuracy": float(colour_ok.mean()),
+        "content_accuracy": float((shape_ok & colour_ok).mean()),
+        "leakage": float(leak.mean()),
+        "num_images": len(images),
+    }
+    if scorer is not None:
+        metrics["text_score"] = float(scorer.text_scores(images, prompts).mean())
+        metrics["style_score"] = float(scorer.style_scores(images, task.reference).mean())
+    return metrics
+
+
+def generate(
+    muse, prompts: list[str], num_images: int, config, model=None, adapter: str | None = None, seed: int = EVAL_SEED
+) -> tuple[list[Image.Image], list[str]]:
+    """``num_images`` images per prompt with a fixed seed; returns (images, the prompt of each image)."""
+    from .io import to_pil_images
+    from .sampling import sample_images
+
+    images = sample_images(
+        muse,
+        prompts,
+        config,
+        model=model,
+        adapter=adapter,
+        num_images_per_prompt=num_images,
+        generator=torch.Generator("cpu").manual_seed(seed),
+        progress=False,
+    )
+    return to_pil_images(images), [prompts[i % len(prompts)] for i in range(len(prompts) * num_images)]
+
+
+# ---- the Table-2 harness ---------------------------------------------------------------------------------------
+# method -> training recipe (None: the prompt-only base model). Adapters sample with StyleDrop guidance (Eq. 4);
+# the prompt-only and full fine-tuning rows have no base/adapter pair, so they sample with Muse CFG (Eq. 1).
+METHODS: dict[str, str | None] = {
+    "prompt only": None,
+    "StyleDrop Round 1": "shapes-round1",
+    "LoRA (aMUSEd recipe)": "shapes-lora",
+    "full fine-tuning": "shapes-full",
+}
+GUIDANCE = 4.0  # Muse CFG scale of every row (λB = 3)
+LAMBDA_A = 1.0  # StyleDrop style guidance of the adapter rows
+
+
+def evaluate_method(
+    muse,
+    task: StyleTask,
+    method: str,
+    folder,
+    oracles,
+    scorer,
+    num_images: int,
+    steps: int | None = None,
+    progress: bool = False,
+) -> tuple[dict, list[Image.Image]]:
+    """Train ``method`` on the task's reference (into ``folder``), sample the task's prompts, measure."""
+    import copy
+    import time
+
+    from .sampling import SamplingConfig
+    from .training import load_recipe, train_adapter
+
+    recipe_name = METHODS[method]
+    model, adapter, trainable, seconds = None, None, 0, 0.0
+    config = SamplingConfig(steps=12, guidance_scale=GUIDANCE)
+    if recipe_name is not None:
+        recipe = load_recipe(recipe_name, steps=steps)
+        target = copy.deepcopy(muse) if recipe.adapter_type == "full" else muse
+        started = time.time()
+        model = train_adapter(target, [task.reference], [task.reference_prompt], recipe, folder, progress=progress)
+        seconds = time.time() - started
+        trainable = model.configs["adapter"].training["trainable_parameters"]
+        if recipe.adapter_type == "full":
+            muse, model = target, None
+        else:
+            adapter, config.lambda_a = "adapter", LAMBDA_A
+    images, prompts = generate(muse, task.prompts, num_images, config, model=model, adapter=adapter)
+    metrics = measure(images, prompts, task, oracles, scorer)
+    metrics.update(train_seconds=round(seconds, 1), trainable_parameters=trainable)
+    return metrics, images
+
+
+def run_table(
+    out,
+    model: str | None = None,
+    styles: tuple[str, ...] | None = None,
+    methods: list[str] | None = None,
+    num_images: int = 4,
+    steps: int | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """StyleDrop's Table 2 in the shapes world: every held-out style × method; JSON + markdown + grids in ``out``."""
+    from .api import load
+    from .io import make_grid, output_dir, save_png, write_json
+    from .scoring import load_scorer
+    from .world import HELD_OUT_STYLES
+    from .world.oracles import load_oracles
+
+    styles = tuple(styles or HELD_OUT_STYLES)
+    methods = list(methods or METHODS)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method {unknown[0]!r}; choose from {list(METHODS)}")
+    muse = load(model)
+    oracles, scorer = load_oracles(), load_scorer()
+    results: dict = {
+        "model": muse.name,
+        "num_images": num_images,
+        "guidance": GUIDANCE,
+        "lambda_a": LAMBDA_A,
+        "eval_seed": EVAL_SEED,
+        "styles": {},
+    }
+    with output_dir(out, overwrite=overwrite) as folder:
+        for style in styles:
+            task = make_task(style)
+            results["styles"][style] = {"reference": task.reference_prompt, "prompts": task.prompts, "methods": {}}
+            rows = []
+            for method in methods:
+                slug = method.split()[0].lower()
+                metrics, images = evaluate_method(
+                    muse, task, method, folder / style.replace(" ", "-") / slug, oracles, scorer, num_images, steps
+                )
+                results["styles"][style]["methods"][method] = metrics
+                rows.append([task.reference] + images[: len(task.prompts)])
+            grid = make_grid([im.resize((96, 96), 0) for row in rows for im in row], columns=len(rows[0]))
+            save_png(grid, folder / f"grid_{style.replace(' ', '-')}.png", {"rows": methods})
+        results["mean"] = {
+            method: {
+                key: float(np.mean([results["styles"][s]["methods"][method][key] for s in styles]))
+                for key in results["styles"][styles[0]]["methods"][method]
+            }
+            for method in methods
+        }
+        write_json(folder / "results.json", results)
+        (folder / "table.md").write_text(table_markdown(results))
+    return results
+
+
+TABLE_COLUMNS = [
+    ("style_accuracy", "style acc. ↑", "{:.2f}"),
+    ("shape_accuracy", "shape acc. ↑", "{:.2f}"),
+    ("colour_accuracy", "colour acc. ↑", "{:.2f}"),
+    ("leakage", "leakage ↓", "{:.2f}"),
+    ("text_score", "CLIP text ↑", "{:.3f}"),
+    ("style_score", "CLIP style ↑", "{:.3f}"),
+    ("train_seconds", "train s", "{:.0f}"),
+    ("trainable_parameters", "trainable params", "{:,.0f}"),
+]
+
+
+def table_markdown(results: dict) -> str:
+    """Mean over styles per method, then one table per style."""
+    header = "| method | " + " | ".join(label for _, label, _ in TABLE_COLUMNS) + " |"
+    rule = "|---" * (len(TABLE_COLUMNS) + 1) + "|"
+
+    def rows(per_method: dict) -> list[str]:
+        return [
+            f"| {method} | " + " | ".join(fmt.format(m[key]) for key, _, fmt in TABLE_COLUMNS) + " |"
+            for method, m in per_method.items()
+        ]
+
+    lines = [
+        f"# Shapes world, StyleDrop Table 2 layout (model `{results['model']}`)",
+        "",
+        f"{results['num_images']} images per prompt, seed {results['eval_seed']}, CFG {results['guidance']}, "
+        f"λA {results['lambda_a']} for adapters.",
+        "",
+        "## Mean over held-out styles",
+        "",
+        header,
+        rule,
+        *rows(results["mean"]),
+        "",
+    ]
+    for style, block in results["styles"].items():
+        lines += [
+            f"## {style} (reference: {block['reference']})",
+            "",
+            header,
+            rule,
+            *rows(block["methods"]),
+            "",
+            f"![grid](grid_{style.replace(' ', '-')}.png)",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def run_cli(args) -> int:
+    results = run_table(
+        args.out,
+        model=args.model,
+        styles=args.style,
+        methods=args.method,
+        num_images=args.num_images,
+        steps=args.steps,
+        overwrite=args.overwrite,
+    )
+    print(table_markdown({**results, "styles": {}}))
+    return 0
