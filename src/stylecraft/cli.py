@@ -125,6 +125,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="adapter folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing finished adapter folder")
 
+    p = commands.add_parser("feedback", help="StyleDrop Round 2: candidates from an adapter, selection, retraining")
+    _add_model(p)
+    p.add_argument("--adapter", required=True, help="the Round-1 (or previous round's) adapter folder")
+    p.add_argument("--style", required=True, help="style descriptor appended to each prompt, e.g. 'watercolor'")
+    p.add_argument("--prompts", default=None, help="file with one prompt per line (default: the built-in list)")
+    p.add_argument("--num-prompts", type=int, default=None, help="use only the first P prompts")
+    p.add_argument("--per-prompt", type=int, default=None, help="candidates K per prompt (default 8; paper 64)")
+    p.add_argument("--select", choices=["clip", "random", "human"], default="clip", help="selection (default clip)")
+    p.add_argument("--recipe", default="round2", help="Round-2 training recipe (default round2)")
+    p.add_argument("--train-steps", type=int, default=None, help="Round-2 training steps (default: the recipe's)")
+    p.add_argument("--no-train", action="store_true", help="stop after generating, scoring and selecting")
+    p.add_argument("--steps", type=int, default=12, help="decoding steps of the candidates (default 12)")
+    p.add_argument("--guidance", type=float, default=10.0, help="CFG scale of the candidates (default 10)")
+    p.add_argument("--lambda-a", type=float, default=0.0, help="StyleDrop λA of the candidates (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of candidates and random selection")
+    p.add_argument("--clip", default=None, help="CLIPModel for the scores (default: the shapes world's mini CLIP)")
+    p.add_argument("--out", required=True, help="the round folder (rerun the same command to resume)")
+
     p = commands.add_parser("score", help="CLIP text and style scores of a folder of images (JSON on stdout)")
     p.add_argument("--images", required=True, help="folder of images")
     p.add_argument("--prompt", required=True, help="prompt to score against")
@@ -156,6 +174,7 @@ RUNNERS = {
     "sample": "stylecraft.api:run_sample_cli",
     "train": "stylecraft.api:run_train_cli",
     "score": "stylecraft.scoring:run_cli",
+    "feedback": "stylecraft.feedback:run_cli",
     "instantstyle": "stylecraft.instantstyle:run_cli",
     "demo": "stylecraft.demo:run_cli",
     "eval": "stylecraft.evaluation:run_cli",

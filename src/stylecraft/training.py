@@ -202,6 +202,8 @@ def train_adapter(
             trainable_parameters=trainable, base_parameters=total, seconds=round(time.time() - started, 2)
         )
         write_json(out / "train_log.json", log)
+        for i, (image, prompt) in enumerate(zip(images, prompts, strict=True)):  # provenance: what it learned from
+            save_png(image, out / "train_images" / f"{i:03d}.png", {"prompt": prompt})
         unwrapped.save_adapter(ADAPTER_NAME, out)  # adapter_config.json last: the folder is now complete
     for parameter in parameters:
         parameter.requires_grad_(False)

@@ -1,0 +1,311 @@
+"""Iterative training with feedback (StyleDrop §3.3): Round 2 learns from the best of Round 1's own outputs.
+
+A Round-1 adapter trained on one image overfits: content of the reference leaks into new prompts. For each of P
+prompts we generate K candidates with it, select one per prompt (``clip``: best CLIP text score, the paper's
+automatic feedback; ``random``; ``human``: picks made on the feedback page), and train a fresh Round-2 adapter
+(paper: d_prj 32, not shared) on the selected (image, prompt) pairs.
+
+The round folder is the contract between this module, the feedback page (``stylecraft ui``) and evaluation::
+
+    ROUND/round.json               settings: adapter path + weights hash, base model, style, prompts, K, seed, sampling
+    ROUND/reference.png            the Round-1 adapter's (first) training image
+    ROUND/candidates/pPPP_kKKK.png candidate K of prompt P (written as generated; a rerun skips finished prompts)
+    ROUND/scores.json              {file: {prompt_index, prompt, text_score, style_score}}
+    ROUND/picks.json               a person's picks {"selected": [file, ...], "target": N}, saved per click
+    ROUND/selection.json           what Round 2 was trained on {"method": clip|random|human, "selected": [...]}
+    ROUND/train/                   the Round-2 training set: selected images + prompts.json
+    ROUND/adapter/                 the Round-2 adapter
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .errors import StylecraftError
+from .io import save_png, to_pil_images, write_json
+from .sampling import SamplingConfig, sample_images
+
+SELECTIONS = ("clip", "random", "human")
+PICKS_NAME, SCORES_NAME, ROUND_NAME = "picks.json", "scores.json", "round.json"
+
+# The shapes world's feedback prompts: content the reference (a large red circle) does not have, one shape and
+# colour each, so Round 2 sees the style on varied content. Disjoint from the evaluation prompts' pairs.
+SHAPES_WORLD_CONTENT = [
+    "a large blue square",
+    "a large green triangle",
+    "a large yellow star",
+    "a large purple heart",
+    "a large orange cross",
+    "a large cyan diamond",
+    "a large pink moon",
+    "a large green square",
+    "a large blue star",
+    "a large yellow heart",
+    "a large purple cross",
+    "a large orange diamond",
+]
+
+
+def candidate_name(prompt_index: int, k: int) -> str:
+    return f"p{prompt_index:03d}_k{k:03d}.png"
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """One prompt per line; blank lines and lines starting with # are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise StylecraftError(f"prompts file not found: {path}")
+    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    if not prompts:
+        raise StylecraftError(f"prompts file {path} has no prompts; write one prompt per line")
+    return prompts
+
+
+def default_prompts(muse, style: str) -> list[str]:
+    """The built-in prompt list for this base model, with the style descriptor appended."""
+    if muse.name != "shapes":
+        from .prompts import TABLE_S2_CONTENT
+
+        contents = TABLE_S2_CONTENT
+    else:
+        contents = SHAPES_WORLD_CONTENT
+    return [f"{content} in {style} style" for content in contents]
+
+
+def weights_hash(adapter_folder: str | Path) -> str:
+    return hashlib.sha256((Path(adapter_folder) / "adapter_model.safetensors").read_bytes()).hexdigest()[:16]
+
+
+def generate_candidates(
+    muse,
+    adapter: str | Path,
+    prompts: list[str],
+    round_dir: str | Path,
+    style: str,
+    per_prompt: int = 8,
+    seed: int = 0,
+    config: SamplingConfig | None = None,
+    clip: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Generate ``per_prompt`` candidates for each prompt into ``round_dir`` and score them; resumable.
+
+    Each prompt's candidates come from their own generator (seed, prompt index), so a rerun after a crash produces
+    the same images and skips prompts whose candidates and scores are already on disk.
+    """
+    from tqdm.auto import tqdm
+
+    from .adapters import AdaptedTransformer, read_adapter
+    from .scoring import load_scorer
+
+    if per_prompt < 1:
+        raise StylecraftError(f"--per-prompt must be at least 1, got {per_prompt}")
+    if not prompts:
+        raise StylecraftError("no feedback prompts; pass --prompts FILE with one prompt per line")
+    round_dir = Path(round_dir)
+    config = config or SamplingConfig(lambda_a=0.0)
+    adapter_config, _ = read_adapter(adapter)
+    settings = {
+        "adapter": str(Path(adapter).resolve()),
+        "adapter_hash": weights_hash(adapter),
+        "base_model": adapter_config.base_model,
+        "base_fingerprint": adapter_config.base_fingerprint,
+        "style": style,
+        "prompts": prompts,
+        "per_prompt": per_prompt,
+        "seed": seed,
+        "sampling": asdict(config),
+    }
+    existing = round_dir / ROUND_NAME
+    if existing.is_file():
+        saved = json.loads(existing.read_text())
+        changed = sorted(k for k in settings if saved.get(k) != settings[k])
+        if changed:
+            raise StylecraftError(
+                f"round folder {round_dir} was made with other settings ({', '.join(changed)}); use a new --out"
+            )
+    round_dir.mkdir(parents=True, exist_ok=True)
+    write_json(existing, settings)
+    reference = Path(adapter) / "train_images" / "000.png"
+    if reference.is_file() and not (round_dir / "reference.png").is_file():
+        shutil.copyfile(reference, round_dir / "reference.png")
+
+    model = AdaptedTransformer(muse)
+    name = model.load_adapter(adapter, name="round")
+    scorer = load_scorer(clip)
+    scores = load_scores(round_dir)
+    reference_path = round_dir / "reference.png"
+    reference_image = Image.open(reference_path).convert("RGB") if reference_path.is_file() else None
+    for p, prompt in enumerate(tqdm(prompts, desc="candidates", disable=not progress)):
+        files = [candidate_name(p, k) for k in range(per_prompt)]
+        if all(f in scores and (round_dir / "candidates" / f).is_file() for f in files):
+            continue
+        generator = torch.Generator("cpu").manual_seed(seed * 100_003 + p)
+        images = to_pil_images(
+            sample_images(
+                muse,
+                [prompt],
+                config,
+                model=model,
+                adapter=name,
+                num_images_per_prompt=per_prompt,
+                generator=generator,
+                progress=False,
+            )
+        )
+        text = scorer.text_scores(images, prompt).tolist()
+        style_scores = (
+            scorer.style_scores(images, reference_image).tolist() if reference_image else [None] * len(images)
+        )
+        for k, image in enumerate(images):
+            save_png(image, round_dir / "candidates" / files[k], {"prompt": prompt, "prompt_index": p, "k": k})
+            scores[files[k]] = {
+                "prompt_index": p,
+                "prompt": prompt,
+                "text_score": text[k],
+                "style_score": style_scores[k],
+            }
+        write_json(round_dir / SCORES_NAME, scores)  # after each prompt: an interruption loses at most one prompt
+    return scores
+
+
+def load_scores(round_dir: str | Path) -> dict:
+    path = Path(round_dir) / SCORES_NAME
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise StylecraftError(f"{path} is corrupt ({err}); delete it to rescore the candidates") from None
+
+
+def read_round(round_dir: str | Path) -> tuple[dict, dict]:
+    """(round settings, scores) of a round folder, with a clear error when it is missing or malformed."""
+    round_dir = Path(round_dir)
+    path = round_dir / ROUND_NAME
+    if not path.is_file():
+        raise StylecraftError(f"{round_dir} is not a feedback round folder (no {ROUND_NAME}); run stylecraft feedback")
+    try:
+        settings = json.loads(path.read_text())
+        settings["prompts"], settings["per_prompt"]  # noqa: B018 - required keys
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise StylecraftError(f"{path} is malformed ({err}); regenerate the round") from None
+    return settings, load_scores(round_dir)
+
+
+def select(round_dir: str | Path, method: str, seed: int = 0) -> list[str]:
+    """Pick candidate files: ``clip`` (best text score per prompt), ``random`` (one per prompt), ``human``."""
+    if method not in SELECTIONS:
+        raise StylecraftError(f"unknown --select {method!r}; use one of {', '.join(SELECTIONS)}")
+    round_dir = Path(round_dir)
+    settings, scores = read_round(round_dir)
+    if method == "human":
+        picks = read_picks(round_dir)
+        if not picks:
+            raise StylecraftError(
+                f"no human picks in {round_dir / PICKS_NAME}; pick images with: stylecraft ui --round {round_dir}"
+            )
+        return picks
+    by_prompt: dict[int, list[str]] = {}
+    for file, score in sorted(scores.items()):
+        by_prompt.setdefault(score["prompt_index"], []).append(file)
+    if len(by_prompt) < len(settings["prompts"]):
+        raise StylecraftError(
+            f"{round_dir} has candidates for {len(by_prompt)} of {len(settings['prompts'])} prompts; "
+            "rerun stylecraft feedback to finish generating"
+        )
+    rng = random.Random(seed)
+    if method == "clip":  # StyleDrop's CLIP feedback: the candidate that best follows its prompt
+        return [max(files, key=lambda f: scores[f]["text_score"]) for _, files in sorted(by_prompt.items())]
+    return [rng.choice(files) for _, files in sorted(by_prompt.items())]
+
+
+def read_picks(round_dir: str | Path) -> list[str]:
+    """The human picks saved by the feedback page; every pick must name an existing candidate."""
+    round_dir = Path(round_dir)
+    path = round_dir / PICKS_NAME
+    if not path.is_file():
+        return []
+    try:
+        picks = json.loads(path.read_text()).get("selected", [])
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise StylecraftError(f"{path} is corrupt ({err}); pick again on the feedback page") from None
+    missing = [p for p in picks if not isinstance(p, str) or "/" in p or not (round_dir / "candidates" / p).is_file()]
+    if missing:
+        raise StylecraftError(f"{path} picks {missing[0]!r}, which is not a candidate image of this round")
+    return list(dict.fromkeys(picks))
+
+
+def write_picks(round_dir: str | Path, selected: list[str], target: int = 10) -> None:
+    """Save a person's picks atomically (the feedback page calls this on every click)."""
+    write_json(Path(round_dir) / PICKS_NAME, {"selected": list(dict.fromkeys(selected)), "target": target})
+
+
+def train_round(
+    muse,
+    round_dir: str | Path,
+    selected: list[str],
+    recipe: str = "round2",
+    steps: int | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+):
+    """Train a fresh adapter on the selected candidates (ROUND/train) into ROUND/adapter."""
+    from .training import load_recipe, train_adapter
+
+    round_dir = Path(round_dir)
+    _, scores = read_round(round_dir)
+    if not selected:
+        raise StylecraftError("no images selected for Round 2")
+    images, prompts = [], []
+    for file in selected:
+        if file not in scores:
+            raise StylecraftError(f"{file} is not a scored candidate of {round_dir}")
+        images.append(Image.open(round_dir / "candidates" / file).convert("RGB"))
+        prompts.append(scores[file]["prompt"])
+    train_dir = round_dir / "train"
+    for i, (image, prompt) in enumerate(zip(images, prompts, strict=True)):
+        save_png(image, train_dir / f"{i:03d}.png", {"prompt": prompt, "source": selected[i]})
+    write_json(
+        train_dir / "prompts.json",
+        [
+            {"file": f"{i:03d}.png", "prompt": p, "source": s}
+            for i, (p, s) in enumerate(zip(prompts, selected, strict=True))
+        ],
+    )
+    config = load_recipe(recipe, steps=steps)
+    return train_adapter(muse, images, prompts, config, round_dir / "adapter", overwrite=overwrite, progress=progress)
+
+
+def run_cli(args) -> int:
+    from .api import load
+    from .sampling import SamplingConfig
+
+    if args.per_prompt is not None and args.per_prompt < 1:
+        raise StylecraftError(f"--per-prompt must be at least 1, got {args.per_prompt}")
+    muse = load(args.model, args.device)
+    prompts = read_prompts(args.prompts) if args.prompts else default_prompts(muse, args.style)
+    if args.num_prompts is not None:
+        if args.num_prompts < 1:
+            raise StylecraftError(f"--num-prompts must be at least 1, got {args.num_prompts}")
+        prompts = prompts[: args.num_prompts]
+    config = SamplingConfig(steps=args.steps, guidance_scale=args.guidance, lambda_a=args.lambda_a)
+    generate_candidates(
+        muse, args.adapter, prompts, args.out, args.style, args.per_prompt or 8, args.seed, config, clip=args.clip
+    )
+    selected = select(args.out, args.select, args.seed)
+    write_json(Path(args.out) / "selection.json", {"method": args.select, "selected": selected})
+    if args.no_train:
+        print(f"{len(selected)} picks in {Path(args.out) / PICKS_NAME}")
+        return 0
+    train_round(muse, args.out, selected, recipe=args.recipe, steps=args.train_steps, overwrite=True)
+    print(Path(args.out) / "adapter")
+    return 0

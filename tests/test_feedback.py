@@ -1,0 +1,140 @@
+"""Feedback rounds: candidates, scores, selection, resumption, Round-2 training, and round-folder errors."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stylecraft.cli import main
+from stylecraft.errors import StylecraftError
+from stylecraft.feedback import generate_candidates, read_picks, read_prompts, select, train_round, write_picks
+from stylecraft.muse import load_muse
+from stylecraft.sampling import SamplingConfig
+
+PROMPTS = ["a cat in oil style", "a dog in oil style", "a house in oil style"]
+
+
+@pytest.fixture(scope="module")
+def round1(tiny_muse_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("r1") / "adapter"
+    image = tmp_path_factory.mktemp("img") / "style.png"
+    Image.fromarray((np.random.RandomState(0).rand(32, 32, 3) * 255).astype("uint8")).save(image)
+    assert (
+        main(
+            [
+                "--quiet",
+                "train",
+                "--model",
+                str(tiny_muse_dir),
+                "--image",
+                str(image),
+                "--prompt",
+                "a red house in oil style",
+                "--steps",
+                "2",
+                "--batch-size",
+                "2",
+                "--out",
+                str(folder),
+            ]
+        )
+        == 0
+    )
+    return folder
+
+
+def test_candidates_scores_and_clip_selection(tiny_muse_dir, round1, clip_dir, tmp_path):
+    muse = load_muse(tiny_muse_dir)
+    config = SamplingConfig(steps=2, lambda_a=0.0)
+    scores = generate_candidates(
+        muse, round1, PROMPTS, tmp_path / "r", "oil", per_prompt=3, config=config, clip=clip_dir, progress=False
+    )
+    assert len(scores) == 9 and (tmp_path / "r" / "reference.png").is_file()
+    assert sorted(p.name for p in (tmp_path / "r" / "candidates").iterdir())[:2] == ["p000_k000.png", "p000_k001.png"]
+    picked = select(tmp_path / "r", "clip")
+    assert len(picked) == 3
+    for p, file in enumerate(picked):  # the best text score of each prompt
+        same = {f: s for f, s in scores.items() if s["prompt_index"] == p}
+        assert file == max(same, key=lambda f: same[f]["text_score"])
+    assert len(set(select(tmp_path / "r", "random", seed=1))) == 3
+
+    # a rerun resumes: nothing regenerated (files untouched), same scores
+    stamp = (tmp_path / "r" / "candidates" / "p001_k002.png").stat().st_mtime_ns
+    again = generate_candidates(
+        muse, round1, PROMPTS, tmp_path / "r", "oil", per_prompt=3, config=config, clip=clip_dir, progress=False
+    )
+    assert again == scores and (tmp_path / "r" / "candidates" / "p001_k002.png").stat().st_mtime_ns == stamp
+    # an interrupted prompt is regenerated identically
+    lost = tmp_path / "r" / "candidates" / "p002_k001.png"
+    before = np.asarray(Image.open(lost))
+    lost.unlink()
+    generate_candidates(
+        muse, round1, PROMPTS, tmp_path / "r", "oil", per_prompt=3, config=config, clip=clip_dir, progress=False
+    )
+    assert np.array_equal(np.asarray(Image.open(lost)), before)
+
+    with pytest.raises(StylecraftError, match="other settings"):
+        generate_candidates(
+            muse, round1, PROMPTS[:2], tmp_path / "r", "oil", per_prompt=3, config=config, clip=clip_dir, progress=False
+        )
+
+    # human picks, then Round 2 on them
+    with pytest.raises(StylecraftError, match="no human picks"):
+        select(tmp_path / "r", "human")
+    write_picks(tmp_path / "r", ["p000_k001.png", "p002_k000.png"])
+    assert select(tmp_path / "r", "human") == ["p000_k001.png", "p002_k000.png"]
+    model = train_round(muse, tmp_path / "r", select(tmp_path / "r", "human"), steps=2, progress=False)
+    config_file = json.loads((tmp_path / "r" / "adapter" / "adapter_config.json").read_text())
+    assert config_file["rank"] == 32 and config_file["shared"] is False  # the paper's Round 2
+    assert config_file["prompts"] == [PROMPTS[0], PROMPTS[2]] and "adapter" in model.configs
+
+
+def test_round_folder_errors(tmp_path):
+    (tmp_path / "candidates").mkdir()
+    with pytest.raises(StylecraftError, match="not a feedback round folder"):
+        select(tmp_path, "clip")
+    (tmp_path / "round.json").write_text("{broken")
+    with pytest.raises(StylecraftError, match="malformed"):
+        select(tmp_path, "clip")
+    (tmp_path / "picks.json").write_text(json.dumps({"selected": ["../../etc/passwd"]}))
+    with pytest.raises(StylecraftError, match="not a candidate image"):
+        read_picks(tmp_path)
+    (tmp_path / "p.txt").write_text("\n# comment\n")
+    with pytest.raises(StylecraftError, match="has no prompts"):
+        read_prompts(tmp_path / "p.txt")
+    with pytest.raises(StylecraftError, match="not found"):
+        read_prompts(tmp_path / "missing.txt")
+
+
+def test_feedback_cli_end_to_end(tiny_muse_dir, round1, clip_dir, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS[:2]))
+    out = tmp_path / "round"
+    argv = [
+        "--quiet",
+        "feedback",
+        "--model",
+        str(tiny_muse_dir),
+        "--adapter",
+        str(round1),
+        "--style",
+        "oil",
+        "--prompts",
+        str(prompts),
+        "--per-prompt",
+        "2",
+        "--steps",
+        "2",
+        "--clip",
+        str(clip_dir),
+        "--train-steps",
+        "2",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert json.loads((out / "selection.json").read_text())["method"] == "clip"
+    assert main(argv[:-2] + ["--per-prompt", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "--per-prompt must be at least 1" in capsys.readouterr().err
