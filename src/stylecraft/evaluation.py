@@ -275,3 +275,137 @@ def run_cli(args) -> int:
     )
     print(table_markdown({**results, "styles": {}}))
     return 0
+
+
+# ---- feedback rounds (StyleDrop §3.3) in the shapes world -----------------------------------------------------
+FEEDBACK_ROWS = ("Round 1", "Round 2 CLIP feedback", "Round 2 random", "Round 2 oracle-picked (human stand-in)")
+
+
+def oracle_pick(round_dir, task: StyleTask, oracles) -> list[str]:
+    """Per prompt, the candidate the oracles judge right (content and style; best CLIP text score among those).
+
+    Evaluation only: a stand-in upper bound for a careful person's picks, never used by the product.
+    """
+    from .feedback import read_round
+
+    settings, scores = read_round(round_dir)
+    files = sorted(scores)
+    array = np.stack([np.asarray(Image.open(round_dir / "candidates" / f).convert("RGB")) for f in files])
+    predicted = oracles.predict(array)
+    from .world.oracles import ATTRIBUTES
+
+    style_id = ATTRIBUTES["style"].index(task.style)
+    picks = []
+    for p, prompt in enumerate(settings["prompts"]):
+        wanted = parse_caption(prompt)
+        candidates = [i for i, f in enumerate(files) if scores[f]["prompt_index"] == p]
+        right = [
+            i
+            for i in candidates
+            if predicted["style"][i] == style_id
+            and predicted["shape"][i] == SHAPES.index(wanted["shape"])
+            and predicted["colour"][i] == COLOUR_NAMES.index(wanted["colour"])
+        ]
+        best = max(right or candidates, key=lambda i: scores[files[i]]["text_score"])
+        picks.append(files[best])
+    return picks
+
+
+def run_feedback_table(
+    out,
+    model: str | None = None,
+    styles: tuple[str, ...] | None = None,
+    per_prompt: int = 8,
+    num_images: int = 4,
+    round1_steps: int | None = None,
+    round2_steps: int | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Round 1 vs Round 2 with CLIP / random / oracle-picked feedback, per held-out style; JSON + markdown."""
+    from .api import load
+    from .feedback import SHAPES_WORLD_CONTENT, generate_candidates, select, train_round
+    from .io import output_dir, write_json
+    from .sampling import SamplingConfig
+    from .scoring import load_scorer
+    from .training import load_recipe, train_adapter
+    from .world import HELD_OUT_STYLES
+    from .world.oracles import load_oracles
+
+    styles = tuple(styles or HELD_OUT_STYLES)
+    muse = load(model)
+    oracles, scorer = load_oracles(), load_scorer()
+    config = SamplingConfig(steps=12, guidance_scale=GUIDANCE, lambda_a=LAMBDA_A)
+    results: dict = {
+        "model": muse.name,
+        "num_images": num_images,
+        "per_prompt": per_prompt,
+        "guidance": GUIDANCE,
+        "lambda_a": LAMBDA_A,
+        "eval_seed": EVAL_SEED,
+        "styles": {},
+    }
+    with output_dir(out, overwrite=overwrite) as folder:
+        for style in styles:
+            task = make_task(style)
+            base = folder / style.replace(" ", "-")
+            round1 = train_adapter(
+                muse,
+                [task.reference],
+                [task.reference_prompt],
+                load_recipe("shapes-round1", steps=round1_steps),
+                base / "round1",
+                progress=False,
+            )
+            adapters = {"Round 1": (round1, base / "round1")}
+            round_dir = base / "round2"
+            prompts = [f"{content} in {style} style" for content in SHAPES_WORLD_CONTENT]
+            generate_candidates(
+                muse,
+                base / "round1",
+                prompts,
+                round_dir,
+                style,
+                per_prompt=per_prompt,
+                config=SamplingConfig(steps=12, guidance_scale=GUIDANCE, lambda_a=LAMBDA_A),
+                progress=False,
+            )
+            picks = {
+                "Round 2 CLIP feedback": select(round_dir, "clip"),
+                "Round 2 random": select(round_dir, "random"),
+                "Round 2 oracle-picked (human stand-in)": oracle_pick(round_dir, task, oracles),
+            }
+            for row, selected in picks.items():
+                slug = row.split()[2].lower()
+                model2 = train_round(
+                    muse,
+                    round_dir,
+                    selected,
+                    recipe="shapes-round2",
+                    steps=round2_steps,
+                    progress=False,
+                    adapter_dir=base / f"round2-{slug}",
+                )
+                adapters[row] = (model2, base / f"round2-{slug}")
+            block = {"reference": task.reference_prompt, "prompts": task.prompts, "methods": {}, "picks": picks}
+            for row, (model_, _) in adapters.items():
+                images, prompts_ = generate(muse, task.prompts, num_images, config, model=model_, adapter="adapter")
+                block["methods"][row] = measure(images, prompts_, task, oracles, scorer)
+                block["methods"][row]["images"] = len(images)
+            results["styles"][style] = block
+        results["mean"] = {
+            row: {
+                key: float(np.mean([results["styles"][s]["methods"][row][key] for s in styles]))
+                for key in (
+                    "style_accuracy",
+                    "shape_accuracy",
+                    "colour_accuracy",
+                    "content_accuracy",
+                    "leakage",
+                    "text_score",
+                    "style_score",
+                )
+            }
+            for row in FEEDBACK_ROWS
+        }
+        write_json(folder / "results.json", results)
+    return results

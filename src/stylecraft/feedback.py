@@ -13,8 +13,7 @@ The round folder is the contract between this module, the feedback page (``style
     ROUND/scores.json              {file: {prompt_index, prompt, text_score, style_score}}
     ROUND/picks.json               a person's picks {"selected": [file, ...], "target": N}, saved per click
     ROUND/selection.json           what Round 2 was trained on {"method": clip|random|human, "selected": [...]}
-    ROUND/train/                   the Round-2 training set: selected images + prompts.json
-    ROUND/adapter/                 the Round-2 adapter
+    ROUND/adapter/                 the Round-2 adapter (its train_images/ are the selected pairs)
 """
 
 from __future__ import annotations
@@ -257,8 +256,11 @@ def train_round(
     steps: int | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    adapter_dir: str | Path | None = None,
 ):
-    """Train a fresh adapter on the selected candidates (ROUND/train) into ROUND/adapter."""
+    """Train a fresh adapter on the selected candidates into ROUND/adapter (or ``adapter_dir``).
+
+    The adapter folder keeps its training set (``train_images/``, prompts in the PNG text chunks)."""
     from .training import load_recipe, train_adapter
 
     round_dir = Path(round_dir)
@@ -271,18 +273,9 @@ def train_round(
             raise StylecraftError(f"{file} is not a scored candidate of {round_dir}")
         images.append(Image.open(round_dir / "candidates" / file).convert("RGB"))
         prompts.append(scores[file]["prompt"])
-    train_dir = round_dir / "train"
-    for i, (image, prompt) in enumerate(zip(images, prompts, strict=True)):
-        save_png(image, train_dir / f"{i:03d}.png", {"prompt": prompt, "source": selected[i]})
-    write_json(
-        train_dir / "prompts.json",
-        [
-            {"file": f"{i:03d}.png", "prompt": p, "source": s}
-            for i, (p, s) in enumerate(zip(prompts, selected, strict=True))
-        ],
-    )
     config = load_recipe(recipe, steps=steps)
-    return train_adapter(muse, images, prompts, config, round_dir / "adapter", overwrite=overwrite, progress=progress)
+    out = Path(adapter_dir) if adapter_dir is not None else round_dir / "adapter"
+    return train_adapter(muse, images, prompts, config, out, overwrite=overwrite, progress=progress)
 
 
 def run_cli(args) -> int:
