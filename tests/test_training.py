@@ -125,3 +125,41 @@ def test_full_fine_tuning_baseline(tiny_muse_dir, image, tmp_path):
     images = stylecraft.sample(fresh, ["a cat"], adapter=tmp_path / "ft", config=stylecraft.SamplingConfig(steps=2))
     assert len(images) == 1
     assert all(torch.equal(fresh.transformer.state_dict()[k], state[k]) for k in state)
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_processes(tmp_path):
+    """`accelerate launch` runs the unchanged training command data-parallel (2 CPU processes, gloo)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    image = tmp_path / "style.png"
+    Image.fromarray((np.random.RandomState(0).rand(32, 32, 3) * 255).astype("uint8")).save(image)
+    accelerate = Path(sys.executable).with_name("accelerate")
+    command = [
+        str(accelerate),
+        "launch",
+        "--num_processes",
+        "2",
+        "--cpu",
+        "-m",
+        "stylecraft",
+        "--quiet",
+        "train",
+        "--model",
+        "tiny-random",
+        "--image",
+        str(image),
+        "--prompt",
+        PROMPT,
+        "--steps",
+        "4",
+        "--batch-size",
+        "2",
+        "--out",
+        str(tmp_path / "ad"),
+    ]
+    subprocess.run(command, check=True, timeout=600, capture_output=True)
+    config, _ = read_adapter(tmp_path / "ad")
+    assert config.training["steps"] == 4

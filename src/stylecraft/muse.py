@@ -179,7 +179,14 @@ class MuseModel:
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> MuseModel:
         for module in (self.transformer, self.vqvae, self.text_encoder):
-            module.to(device=device, dtype=dtype)
+            # only what changes: diffusers warns on every dtype cast, even a no-op one
+            changes = {}
+            if device is not None and module.device != torch.device(device):
+                changes["device"] = device
+            if dtype is not None and module.dtype != dtype:
+                changes["dtype"] = dtype
+            if changes:
+                module.to(**changes)
         return self
 
     def save_pretrained(self, folder: str | Path) -> None:
