@@ -1,0 +1,541 @@
+"""Pretrain the shapes world's models on the CPU, each from a JSON recipe (``world/recipes.json``).
+
+    python -m stylecraft.world.pretrain oracles --out runs/world/oracles
+    python -m stylecraft.world.pretrain vq      --out runs/world/vq
+    python -m stylecraft.world.pretrain clip    --out runs/world/clip
+    python -m stylecraft.world.pretrain muse    --out runs/world/muse --vq runs/world/vq --clip runs/world/clip
+    python -m stylecraft.world.pretrain ship    --runs runs/world      # copy the results into world/weights/
+
+Every run streams fresh renders (no data set on disk), uses AdamW with linear warmup + cosine decay, checkpoints
+to ``OUT/checkpoint.pt`` (``--resume`` continues from it, the data stream included, since batch ``i`` is seeded
+by ``(seed, i)``), and writes ``OUT/training.json``: the resolved recipe, the metrics and the wall time.
+Evaluation uses fixed seeds (``EVAL_SEED``) disjoint from training seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..io import write_json
+from . import WEIGHTS, renderer
+from .oracles import ATTRIBUTES, Oracles, load_oracles, oracle_accuracy
+
+RECIPES = Path(__file__).parent / "recipes.json"
+EVAL_SEED = 10_000_019  # evaluation renders; training streams use the recipe's seed (small integers)
+
+
+@dataclass
+class Recipe:
+    """Settings shared by every model; each model's section of recipes.json fills these and ``model``."""
+
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 64
+    lr: float = 1e-3  # peak learning rate (after warmup)
+    warmup: int = 100  # linear warmup steps, then cosine decay to 0
+    weight_decay: float = 0.01
+    seed: int = 0  # training stream and init seed
+    threads: int = 2  # torch CPU threads (this machine has 2 shared cores)
+    log_every: int = 50
+    checkpoint_every: int = 500
+    max_minutes: float = 0.0  # wall-clock budget (0: none); the lr schedule follows max(step, time) progress
+    eval_images: int = 1024  # fresh renders per evaluation
+    model: dict = field(default_factory=dict)  # architecture keyword arguments
+    extra: dict = field(default_factory=dict)  # model-specific settings (see each trainer)
+
+
+def load_recipe(name: str, path: str | Path | None = None, overrides: dict | None = None) -> Recipe:
+    """The ``name`` section of the recipe file, with ``overrides`` (e.g. from the command line) applied."""
+    recipes = json.loads(Path(path or RECIPES).read_text())
+    if name not in recipes:
+        raise ValueError(f"recipe file {path or RECIPES} has no {name!r} section; it has {sorted(recipes)}")
+    values = {**recipes[name], **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    known = {f.name for f in fields(Recipe)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown recipe fields {sorted(unknown)} for {name!r}; known fields: {sorted(known)}")
+    return Recipe(**values)
+
+
+def learning_rate(step: int, recipe: Recipe, minutes: float = 0.0) -> float:
+    """Linear warmup to ``recipe.lr`` then cosine decay to zero at ``recipe.steps`` or at ``recipe.max_minutes``,
+    whichever comes first (on a shared CPU the time budget is the binding one)."""
+    if step < recipe.warmup:
+        return recipe.lr * (step + 1) / recipe.warmup
+    progress = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
+    if recipe.max_minutes:
+        progress = max(progress, minutes / recipe.max_minutes)
+    return recipe.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 [n, H, W, 3] -> float [n, 3, H, W] in [0, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def train_loop(
+    recipe: Recipe,
+    out: Path,
+    modules: dict[str, torch.nn.Module],
+    params,
+    step_fn,
+    resume: bool,
+    state: dict | None = None,
+) -> tuple[float, list[dict]]:
+    """The loop every model shares: lr schedule -> ``step_fn(step)`` (returns the loss and logs) -> backward ->
+    clip -> step, with periodic logs and checkpoints. Returns (wall seconds of this and earlier runs, log)."""
+    optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.98))
+    start, wall, history = 0, 0.0, []
+    checkpoint = out / "checkpoint.pt"
+    if resume and checkpoint.is_file():
+        saved = torch.load(checkpoint, weights_only=False)
+        for name, module in modules.items():
+            module.load_state_dict(saved["modules"][name])
+        optimizer.load_state_dict(saved["optimizer"])
+        start, wall, history = saved["step"], saved["wall"], saved["history"]
+        if state is not None:
+            state.update(saved.get("state", {}))
+        print(f"resumed from step {start}", flush=True)
+    began = time.time()
+
+    def save(step: int) -> None:
+        torch.save(
+            {
+                "modules": {k: m.state_dict() for k, m in modules.items()},
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "wall": wall + time.time() - began,
+                "history": history,
+                "state": state or {},
+            },
+            checkpoint,
+        )
+
+    for module in modules.values():
+        module.train()
+    step = start
+    for step in range(start, recipe.steps):
+        minutes = (wall + time.time() - began) / 60
+        if recipe.max_minutes and minutes >= recipe.max_minutes:
+            print(f"time budget of {recipe.max_minutes} min reached at step {step}", flush=True)
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, recipe, minutes)
+        loss, logs = step_fn(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        if step % recipe.log_every == 0 or step == recipe.steps - 1:
+            entry = {
+                "step": step,
+                "loss": round(loss.item(), 4),
+                "lr": group["lr"],
+                "seconds": round(wall + time.time() - began, 1),
+                **logs,
+            }
+            history.append(entry)
+            print(json.dumps(entry), flush=True)
+        if (step + 1) % recipe.checkpoint_every == 0:
+            save(step + 1)
+    else:
+        step = recipe.steps
+    save(step)
+    history.append({"step": step, "finished": True, "seconds": round(wall + time.time() - began, 1)})
+    for module in modules.values():
+        module.eval()
+    return wall + time.time() - began, history
+
+
+def evaluation_oracles(path: Path) -> Oracles:
+    """Oracles from ``path`` when that file exists (a fresh run), else the shipped ones."""
+    return load_oracles(path if path.is_file() else None)
+
+
+def finish(out: Path, name: str, recipe: Recipe, wall: float, history: list[dict], metrics: dict) -> None:
+    report = {
+        "model": name,
+        "recipe": asdict(recipe),
+        "metrics": metrics,
+        "train_wall_seconds": round(wall, 1),
+        "history": history,
+    }
+    write_json(out / "training.json", report)
+    print(json.dumps({"metrics": metrics, "train_wall_seconds": round(wall, 1)}, indent=2), flush=True)
+
+
+# ---- oracles ----------------------------------------------------------------------------------------------------
+def train_oracles(recipe: Recipe, out: Path, resume: bool) -> None:
+    torch.manual_seed(recipe.seed)
+    model = Oracles(**recipe.model)
+    data = renderer.stream(recipe.batch_size, recipe.seed)
+    blur = torch.tensor([1.0, 2.0, 1.0])
+    blur = (blur[:, None] * blur[None, :] / 16).expand(3, 1, 3, 3)
+
+    def step_fn(step):
+        images, scenes = next(data)
+        x = to_tensor(images)
+        # Mild blur on some images: the oracles must also judge generated (slightly soft) images.
+        soft = torch.rand(len(x)) < recipe.extra.get("blur_prob", 0.25)
+        x[soft] = F.conv2d(F.pad(x[soft], (1, 1, 1, 1), mode="replicate"), blur, groups=3)
+        logits = model(x)
+        labels = scenes.labels()
+        losses = {k: F.cross_entropy(logits[k], torch.from_numpy(labels[k])) for k in ATTRIBUTES}
+        return sum(losses.values()), {k: round(v.item(), 3) for k, v in losses.items()}
+
+    wall, history = train_loop(recipe, out, {"oracles": model}, list(model.parameters()), step_fn, resume)
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "oracles.safetensors"))
+    oracles = load_oracles(out / "oracles.safetensors")
+    finish(out, "oracles", recipe, wall, history, evaluate_oracles(oracles, recipe.eval_images))
+
+
+def evaluate_oracles(oracles: Oracles, per_style: int) -> dict:
+    """Accuracy per attribute on ``per_style`` fresh renders of every style (fixed evaluation seed)."""
+    result = {}
+    for k, style in enumerate(renderer.STYLES):
+        images, scenes = renderer.render_batch(per_style, EVAL_SEED + k, styles=(style,))
+        result[style] = {a: round(v, 4) for a, v in oracle_accuracy(oracles, images, scenes.labels()).items()}
+    result["min"] = {a: min(result[s][a] for s in renderer.STYLES) for a in ATTRIBUTES}
+    return result
+
+
+# ---- VQ tokenizer -----------------------------------------------------------------------------------------------
+def train_vq(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None:
+    from diffusers import VQModel
+
+    torch.manual_seed(recipe.seed)
+    vq = VQModel(**recipe.model)
+    data = renderer.stream(recipe.batch_size, recipe.seed)
+    restart_every = recipe.extra.get("restart_dead_codes_every", 100)
+    usage = torch.zeros(vq.config.num_vq_embeddings)
+
+    def step_fn(step):
+        x = to_tensor(next(data)[0])
+        latents = vq.encode(x).latents  # [n, c, 8, 8]
+        quantized, commit_loss, (_, _, indices) = vq.quantize(latents)
+        reconstruction = vq.decoder(vq.post_quant_conv(quantized))
+        loss = F.mse_loss(reconstruction, x) + 0.5 * F.l1_loss(reconstruction, x) + commit_loss
+        usage.add_(torch.bincount(indices.flatten(), minlength=len(usage)).float())
+        if restart_every and (step + 1) % restart_every == 0 and step < 0.8 * recipe.steps:
+            # Codes no encoder output chose since the last restart get re-seeded on random encoder outputs, so the
+            # small codebook stays fully used (the usual remedy for dead codes in VQ training).
+            dead = (usage == 0).nonzero().squeeze(1)
+            if len(dead):
+                flat = latents.detach().permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+                vq.quantize.embedding.weight.data[dead] = flat[torch.randint(len(flat), (len(dead),))]
+            usage.zero_()
+        return loss, {"commit": round(commit_loss.item(), 4), "used_codes": int((usage > 0).sum())}
+
+    wall, history = train_loop(recipe, out, {"vq": vq}, list(vq.parameters()), step_fn, resume)
+    vq.save_pretrained(out / "vqvae")
+    vq = VQModel.from_pretrained(out / "vqvae", local_files_only=True).eval()
+    finish(out, "vq", recipe, wall, history, evaluate_vq(vq, evaluation_oracles(oracles), recipe.eval_images))
+
+
+@torch.no_grad()
+def reconstruct(vq, images: np.ndarray, batch_size: int = 256) -> torch.Tensor:
+    """Encode to tokens and decode back: uint8 [n, 64, 64, 3] -> float [n, 3, 64, 64] in [0, 1]."""
+    outputs = []
+    for i in range(0, len(images), batch_size):
+        latents = vq.encode(to_tensor(images[i : i + batch_size])).latents
+        quantized, _, _ = vq.quantize(latents)
+        outputs.append(vq.decoder(vq.post_quant_conv(quantized)).clamp(0, 1))
+    return torch.cat(outputs)
+
+
+def evaluate_vq(vq, oracles: Oracles, per_style: int) -> dict:
+    """Oracle accuracy on fresh renders and on their reconstructions, per style and overall; pixel MSE."""
+    result, mse = {}, []
+    for k, style in enumerate(renderer.STYLES):
+        images, scenes = renderer.render_batch(per_style, EVAL_SEED + k, styles=(style,))
+        recon = reconstruct(vq, images)
+        mse.append(F.mse_loss(recon, to_tensor(images)).item())
+        result[style] = {
+            "original": oracle_accuracy(oracles, images, scenes.labels()),
+            "reconstruction": oracle_accuracy(oracles, recon, scenes.labels()),
+        }
+    for kind in ("original", "reconstruction"):
+        result[f"mean_{kind}"] = {
+            a: round(float(np.mean([result[s][kind][a] for s in renderer.STYLES])), 4) for a in ATTRIBUTES
+        }
+    result["pixel_mse"] = round(float(np.mean(mse)), 5)
+    return result
+
+
+# ---- mini CLIP ----------------------------------------------------------------------------------------------------
+def build_tokenizer(folder: Path, max_length: int):
+    from transformers import CLIPTokenizer
+
+    from ..tokenizer import write_clip_tokenizer
+
+    write_clip_tokenizer(folder, renderer.vocabulary(), model_max_length=max_length)
+    return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+def train_clip(recipe: Recipe, out: Path, resume: bool) -> None:
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(recipe.seed)
+    max_length = recipe.extra.get("max_length", 32)
+    tokenizer = build_tokenizer(out / "clip", max_length)
+    text = {
+        **recipe.model["text"],
+        "vocab_size": len(tokenizer),
+        "max_position_embeddings": max_length,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    config = CLIPConfig(
+        text_config=text,
+        vision_config={**recipe.model["vision"], "image_size": renderer.SIZE},
+        projection_dim=recipe.model["projection_dim"],
+    )
+    clip = CLIPModel(config)
+    data = renderer.stream(recipe.batch_size, recipe.seed)
+
+    def step_fn(step):
+        images, scenes = next(data)
+        ids = tokenizer(
+            scenes.captions(), padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
+        )
+        outputs = clip(input_ids=ids.input_ids, pixel_values=to_tensor(images) * 2 - 1, return_loss=True)
+        return outputs.loss, {"scale": round(clip.logit_scale.exp().item(), 2)}
+
+    wall, history = train_loop(recipe, out, {"clip": clip}, list(clip.parameters()), step_fn, resume)
+    clip.save_pretrained(out / "clip")
+    # Images go in as [-1, 1] at 64×64: a processor that does exactly that, for users of CLIPProcessor.
+    CLIPImageProcessor(
+        size={"shortest_edge": renderer.SIZE}, crop_size=renderer.SIZE, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    ).save_pretrained(out / "clip")
+    clip = CLIPModel.from_pretrained(out / "clip", local_files_only=True).eval()
+    finish(out, "clip", recipe, wall, history, evaluate_clip(clip, tokenizer, recipe.eval_images))
+
+
+@torch.no_grad()
+def clip_embed_text(clip, tokenizer, captions: list[str]) -> torch.Tensor:
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
+    return F.normalize(clip.get_text_features(input_ids=ids.input_ids).pooler_output, dim=-1)
+
+
+@torch.no_grad()
+def evaluate_clip(clip, tokenizer, n: int) -> dict:
+    """Zero-shot accuracy per attribute (the true caption vs the captions that change only that attribute) and
+    image->text retrieval top-1 among ``n`` captions of fresh renders of all styles."""
+    images, scenes = renderer.render_batch(n, EVAL_SEED)
+    image_features = F.normalize(clip.get_image_features(pixel_values=to_tensor(images) * 2 - 1).pooler_output, dim=-1)
+    result = {}
+    for name in ("shape", "colour", "style", "size"):
+        classes = ATTRIBUTES[name]
+        candidates = []
+        for value in range(len(classes)):
+            changed = renderer.Scenes(**{k: v.copy() for k, v in scenes.labels().items()})
+            getattr(changed, name)[:] = value
+            if name == "size":  # large shapes are centred
+                changed.position[:] = np.where(changed.size == 1, 0, scenes.position)
+            candidates.append(clip_embed_text(clip, tokenizer, changed.captions()))
+        similarity = torch.stack([(image_features * c).sum(-1) for c in candidates], dim=1)  # [n, classes]
+        truth = torch.from_numpy(getattr(scenes, name))
+        result[f"zero_shot_{name}"] = round((similarity.argmax(1) == truth).float().mean().item(), 4)
+        if name == "style":
+            per_style = {
+                s: round((similarity.argmax(1) == truth)[truth == k].float().mean().item(), 3)
+                for k, s in enumerate(renderer.STYLES)
+            }
+            result["zero_shot_style_per_style"] = per_style
+    text_features = clip_embed_text(clip, tokenizer, scenes.captions())
+    retrieved = (image_features @ text_features.T).argmax(1)
+    captions = scenes.captions()
+    result[f"retrieval_top1_of_{n}"] = round(
+        float(np.mean([captions[j] == captions[i] for i, j in enumerate(retrieved.tolist())])), 4
+    )
+    return result
+
+
+def clip_text_encoder(folder: str | Path):
+    """The text tower of the CLIPModel in ``folder`` as a ``CLIPTextModelWithProjection`` (Muse's text encoder)."""
+    from transformers import CLIPModel, CLIPTextConfig, CLIPTextModelWithProjection
+
+    clip = CLIPModel.from_pretrained(folder, local_files_only=True)
+    config = CLIPTextConfig(**{**clip.config.text_config.to_dict(), "projection_dim": clip.config.projection_dim})
+    text_encoder = CLIPTextModelWithProjection(config)
+    text_encoder.text_model.load_state_dict(clip.text_model.state_dict())
+    text_encoder.text_projection.load_state_dict(clip.text_projection.state_dict())
+    return text_encoder.eval()
+
+
+# ---- Muse-mini ---------------------------------------------------------------------------------------------------
+def train_muse(recipe: Recipe, out: Path, resume: bool, vq_dir: Path, clip_dir: Path, oracles: Path) -> None:
+    from diffusers import AmusedScheduler, UVit2DModel, VQModel
+    from transformers import CLIPTokenizer
+
+    from ..muse import MuseModel, mask_tokens, masked_token_loss
+
+    torch.manual_seed(recipe.seed)
+    vq = VQModel.from_pretrained(vq_dir / "vqvae", local_files_only=True).eval()
+    text_encoder = clip_text_encoder(clip_dir / "clip")
+    tokenizer = CLIPTokenizer.from_pretrained(clip_dir / "clip", local_files_only=True)
+    codebook = vq.config.num_vq_embeddings
+    text = text_encoder.config
+    transformer = UVit2DModel(
+        **recipe.model,
+        vocab_size=codebook + 1,
+        codebook_size=codebook,
+        encoder_hidden_size=text.hidden_size,
+        cond_embed_dim=text.projection_dim,
+        sample_size=renderer.SIZE // 2 ** (len(vq.config.block_out_channels) - 1),
+    )
+    scheduler = AmusedScheduler(mask_token_id=codebook)
+    model = MuseModel(transformer, vq, text_encoder, tokenizer, scheduler, name="shapes")
+    for module in (vq, text_encoder):
+        module.requires_grad_(False)
+
+    # Token cache: VQ-encoding is the costly part, so a pool of seen-style scenes is tokenized once (in chunks as
+    # training reaches them) and revisited; captions are re-encoded per batch by the (tiny) frozen text encoder.
+    pool_size = recipe.extra.get("pool_size", 50_000)
+    rng = np.random.default_rng(recipe.seed)
+    pool_scenes = renderer.sample_scenes(pool_size, rng, renderer.SEEN_STYLES)
+    pool_captions = pool_scenes.captions()
+    pool_tokens = torch.full((pool_size, transformer.config.sample_size, transformer.config.sample_size), -1)
+    chunk = 1024
+
+    def tokens_for(idx: np.ndarray) -> torch.Tensor:
+        for start in np.unique(idx // chunk) * chunk:
+            if pool_tokens[start, 0, 0] < 0:
+                part = renderer.Scenes(**{k: v[start : start + chunk] for k, v in pool_scenes.labels().items()})
+                pool_tokens[start : start + chunk] = model.encode_images(to_tensor(renderer.render(part, start)))
+        return pool_tokens[idx]
+
+    drop = recipe.extra.get("empty_prompt_prob", 0.1)  # empty prompts so classifier-free guidance works
+    micro = model.micro_conds(recipe.batch_size, renderer.SIZE, renderer.SIZE)
+
+    def step_fn(step):
+        g = np.random.default_rng([recipe.seed, step])
+        # Early steps draw from the first chunks only, so the cache fills gradually instead of all at once.
+        reach = min(pool_size, chunk * (1 + step // recipe.extra.get("steps_per_chunk", 40)))
+        idx = g.integers(reach, size=recipe.batch_size)
+        tokens = tokens_for(idx)
+        prompts = ["" if g.random() < drop else pool_captions[i] for i in idx]
+        pooled, hidden = model.encode_prompts(prompts)
+        generator = torch.Generator().manual_seed(int(g.integers(2**31)))
+        masked, mask = mask_tokens(tokens, model.mask_token_id, generator)
+        logits = transformer(masked, micro_conds=micro, pooled_text_emb=pooled, encoder_hidden_states=hidden)
+        return masked_token_loss(logits, tokens, mask), {}
+
+    wall, history = train_loop(
+        recipe, out, {"transformer": transformer}, list(transformer.parameters()), step_fn, resume
+    )
+    model.save_pretrained(out / "muse")
+    finish(
+        out,
+        "muse",
+        recipe,
+        wall,
+        history,
+        evaluate_muse(out / "muse", evaluation_oracles(oracles), recipe.extra.get("eval", {})),
+    )
+
+
+def evaluate_muse(folder: Path, oracles: Oracles, settings: dict) -> dict:
+    """Oracle accuracy of CFG samples on fresh prompts of seen styles (and, for reference, held-out styles)."""
+    import warnings
+
+    from diffusers import AmusedPipeline
+
+    from ..muse import load_muse
+
+    model = load_muse(str(folder))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = AmusedPipeline(
+            vqvae=model.vqvae,
+            tokenizer=model.tokenizer,
+            text_encoder=model.text_encoder,
+            transformer=model.transformer,
+            scheduler=model.scheduler,
+        )
+    pipe.set_progress_bar_config(disable=True)
+    n, steps, guidance = settings.get("images", 128), settings.get("steps", 12), settings.get("guidance", 5.0)
+    result = {"sampler": {"steps": steps, "guidance_scale": guidance, "images": n}}
+    for group, styles in (("seen", renderer.SEEN_STYLES), ("held_out", renderer.HELD_OUT_STYLES)):
+        scenes = renderer.sample_scenes(n, np.random.default_rng(EVAL_SEED), styles)
+        prompts = scenes.captions()
+        images = []
+        for i in range(0, n, 32):
+            output = pipe(
+                prompts[i : i + 32],
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=torch.Generator().manual_seed(EVAL_SEED + i),
+                output_type="pt",
+            )
+            images.append(output.images)
+        result[group] = {
+            k: round(v, 4) for k, v in oracle_accuracy(oracles, torch.cat(images), scenes.labels()).items()
+        }
+    return result
+
+
+# ---- shipping -----------------------------------------------------------------------------------------------------
+def ship(runs: Path) -> None:
+    """Copy trained models from ``runs`` (oracles/, clip/, muse/) into the package's weights folder."""
+    WEIGHTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(runs / "oracles" / "oracles.safetensors", WEIGHTS / "oracles.safetensors")
+    shutil.copy(runs / "oracles" / "training.json", WEIGHTS / "oracles.training.json")
+    for name, source in (("clip", runs / "clip" / "clip"), ("muse", runs / "muse" / "muse")):
+        shutil.rmtree(WEIGHTS / name, ignore_errors=True)
+        shutil.copytree(source, WEIGHTS / name)
+        shutil.copy(source.parent / "training.json", WEIGHTS / name / "training.json")
+    shutil.copy(runs / "vq" / "training.json", WEIGHTS / "muse" / "vqvae" / "training.json")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m stylecraft.world.pretrain", description=__doc__.split("\n")[0])
+    parser.add_argument("model", choices=["oracles", "vq", "clip", "muse", "ship"])
+    parser.add_argument("--out", type=Path, help="run folder (weights, checkpoint.pt, training.json)")
+    parser.add_argument("--recipe", type=Path, help=f"recipe JSON (default {RECIPES.name} in the package)")
+    parser.add_argument("--steps", type=int, help="override the recipe's step count")
+    parser.add_argument("--threads", type=int, help="override the recipe's torch CPU threads")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--vq", type=Path, default=Path("runs/world/vq"), help="VQ run folder (for muse)")
+    parser.add_argument("--clip", type=Path, default=Path("runs/world/clip"), help="CLIP run folder (for muse)")
+    parser.add_argument("--runs", type=Path, default=Path("runs/world"), help="folder of runs to ship")
+    parser.add_argument(
+        "--oracles",
+        type=Path,
+        default=Path("runs/world/oracles/oracles.safetensors"),
+        help="oracle weights for evaluation (default: a fresh run's, else the shipped ones)",
+    )
+    args = parser.parse_args(argv)
+    if args.model == "ship":
+        ship(args.runs)
+        return
+    if args.out is None:
+        parser.error("--out is required")
+    recipe = load_recipe(args.model, args.recipe, {"steps": args.steps, "threads": args.threads})
+    torch.set_num_threads(recipe.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.model == "oracles":
+        train_oracles(recipe, args.out, args.resume)
+        return
+    if args.model == "vq":
+        train_vq(recipe, args.out, args.resume, args.oracles)
+    elif args.model == "clip":
+        train_clip(recipe, args.out, args.resume)
+    else:
+        train_muse(recipe, args.out, args.resume, args.vq, args.clip, args.oracles)
+
+
+if __name__ == "__main__":
+    main()
