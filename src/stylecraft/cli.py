@@ -166,6 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="training steps (default: each recipe's)")
     _add_out(p)
 
+    p = commands.add_parser("ui", help="feedback studio: pick Round-2 images on a local web page, then train")
+    p.add_argument("--round", required=True, help="round folder (stylecraft feedback ... --select human --no-train)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=0, help="port (default 0: a free one; the URL is printed)")
+    p.add_argument("--target", type=int, default=None, help="picks to aim for (default: the saved target, else 10)")
+    p.add_argument("--model", default=None, help="base model for Round 2 (default: the round's, from round.json)")
+    p.add_argument("--device", default="cpu", help="torch device for Round 2, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--recipe", default="round2", help="Round-2 training recipe (default round2)")
+    p.add_argument("--train-steps", type=int, default=None, help="Round-2 training steps (default: the recipe's)")
+    p.add_argument("--open", action="store_true", help="also open the page in the default browser")
+
     commands.add_parser("env", help="print versions and devices (for bug reports)")
     return parser
 
@@ -178,6 +189,7 @@ RUNNERS = {
     "instantstyle": "stylecraft.instantstyle:run_cli",
     "demo": "stylecraft.demo:run_cli",
     "eval": "stylecraft.evaluation:run_cli",
+    "ui": "stylecraft.ui:run_cli",
     "env": "stylecraft.cli:run_env",
 }
 
