@@ -257,6 +257,7 @@ def train_round(
     progress: bool = True,
     overwrite: bool = False,
     adapter_dir: str | Path | None = None,
+    on_step=None,
 ):
     """Train a fresh adapter on the selected candidates into ROUND/adapter (or ``adapter_dir``).
 
@@ -275,7 +276,7 @@ def train_round(
         prompts.append(scores[file]["prompt"])
     config = load_recipe(recipe, steps=steps)
     out = Path(adapter_dir) if adapter_dir is not None else round_dir / "adapter"
-    return train_adapter(muse, images, prompts, config, out, overwrite=overwrite, progress=progress)
+    return train_adapter(muse, images, prompts, config, out, overwrite=overwrite, progress=progress, on_step=on_step)
 
 
 def run_cli(args) -> int:

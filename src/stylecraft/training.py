@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -102,8 +103,11 @@ def train_adapter(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> AdaptedTransformer:
     """Train an adapter on (image, prompt) pairs and write the adapter folder ``out``. Returns the adapted model.
+
+    ``on_step(step, loss)`` is called after every optimisation step (progress displays use it).
 
     ``images`` must already be RGB at the model's resolution (``stylecraft.io.load_image(path, size)``).
     ``prompts`` holds one prompt for all images or one per image.
@@ -188,6 +192,8 @@ def train_adapter(
         log.append({"step": step + 1, "loss": round(loss.item(), 5)})
         bar.set_postfix(loss=f"{loss.item():.4f}")
         done = step + 1
+        if on_step is not None:
+            on_step(done, loss.item())
         if accelerator.is_main_process:
             unwrapped = accelerator.unwrap_model(model)
             if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:

@@ -145,8 +145,7 @@ function showTraining(job) {
       const loss = job.loss === null || job.loss === undefined ? "" : ` · loss ${job.loss.toFixed(3)}`;
       phase.textContent = `Training on ${job.trained_on} picks: step ${job.step} / ${job.steps}${loss} · ${minutes(job.elapsed)}`;
     } else {
-      phase.textContent = `Training ${job.steps} steps on ${job.trained_on} picks · ${minutes(job.elapsed)}. ` +
-        `The step count appears at each checkpoint (every ${job.checkpoint_every || job.steps} steps).`;
+      phase.textContent = `Training ${job.steps} steps on ${job.trained_on} picks · ${minutes(job.elapsed)}`;
     }
   } else if (job.phase === "sampling") {
     phase.textContent = `Trained. Sampling the Round-2 adapter… (${minutes(job.elapsed)})`;

@@ -163,8 +163,17 @@ class Studio:
         steps = self.training.steps
         try:
             muse = load(self.model or self.settings.get("base_model") or None, self.device)
-            self._update(phase="training", steps=steps, checkpoint_every=self.training.checkpoint_every)
-            train_round(muse, self.root, selected, self.recipe, self.train_steps, overwrite=True)
+            self._update(phase="training", steps=steps)
+            train_round(
+                muse,
+                self.root,
+                selected,
+                self.recipe,
+                self.train_steps,
+                overwrite=True,
+                progress=False,
+                on_step=lambda step, loss: self._update(step=step, loss=round(loss, 4)),
+            )
             write_json(self.root / "selection.json", {"method": "human", "selected": selected})
             self._update(phase="sampling", step=steps)
             sample(
@@ -191,21 +200,12 @@ class Studio:
                 self.job["seconds"] = round(time.time() - self.job["started"], 1)
 
     def training_status(self) -> dict:
-        """The job as the page shows it. The step comes from the trainer's last checkpoint, never a guess."""
+        """The job as the page shows it; step and loss are the trainer's own, reported after every step."""
         with self.lock:
             job = dict(self.job)
         started = job.pop("started", None)
         if started is not None:
             job["elapsed"] = round(time.time() - started, 1)
-        state = self.root / "adapter" / "checkpoint" / "trainer_state.json"
-        if job["phase"] == "training" and state.is_file():
-            try:
-                saved = json.loads(state.read_text())
-                if state.stat().st_mtime >= started:  # this run's checkpoint, not one of an earlier run
-                    job["step"] = saved["step"]
-                    job["loss"] = saved["log"][-1]["loss"] if saved["log"] else None
-            except (OSError, json.JSONDecodeError, KeyError, IndexError):
-                pass  # being replaced right now; the next poll reads it
         if job["phase"] == "done":
             job["adapter"] = str(self.root / "adapter")
             selection = self.root / "selection.json"
