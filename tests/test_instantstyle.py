@@ -72,15 +72,15 @@ def _arrays(images) -> np.ndarray:
     return np.stack([np.asarray(image) for image in images])
 
 
-def _image_proj_inputs(style: InstantStyle, run) -> torch.Tensor:
-    """What the IP-Adapter's projection layer received during ``run()``: [2·images, D] (negative rows first)."""
+def _image_proj_inputs(style: InstantStyle, run):
+    """``run()``'s result and what the IP-Adapter's projection received: [2·images, D] (negative rows first)."""
     seen = []
     hook = style.image_projection.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
     try:
-        run()
+        output = run()
     finally:
         hook.remove()
-    return seen[0]
+    return seen[0], output
 
 
 @pytest.mark.parametrize(
@@ -134,14 +134,14 @@ def test_subtraction_is_image_minus_s_times_content_text(sdxl, style_png):
         image_embeds = pipe.image_encoder(pixels).image_embeds  # [1, D], bigG's space in real SDXL
         text_embeds = pipe.text_encoder_2(tokens.input_ids).text_embeds  # [1, D], same space
     for subtract, expected_strength in ((None, 0.5), (0.3, 0.3)):
-        received = _image_proj_inputs(
+        received, _ = _image_proj_inputs(
             sdxl, lambda s=subtract: sdxl("a cat", style_png, content_prompt="a dog", subtract=s, steps=1)
         )
         torch.testing.assert_close(received[0], torch.zeros_like(received[0]), rtol=0, atol=0)  # negative
         torch.testing.assert_close(received[1], (image_embeds - expected_strength * text_embeds)[0])
     # A precomputed embedding takes the same path (the official repo drops the subtraction there).
     precomputed = sdxl("a cat", style_png, steps=1).image_embeds
-    from_file = _image_proj_inputs(
+    from_file, _ = _image_proj_inputs(
         sdxl, lambda: sdxl("a cat", style_embeds=precomputed, content_prompt="a dog", steps=1)
     )
     torch.testing.assert_close(from_file[1], (image_embeds - 0.5 * text_embeds)[0])
@@ -151,23 +151,32 @@ def test_subtraction_is_image_minus_s_times_content_text(sdxl, style_png):
 
 
 def test_sd15_subtraction_uses_the_content_text_encoder(saved, sd15, style_png, tmp_path, clip_tokenizer):
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModelWithProjection
 
     with pytest.raises(StylecraftError, match="--content-text-encoder"):
         sd15("a cat", style_png, content_prompt="a dog", steps=1)
-    for projection_dim, folder in ((16, tmp_path / "vit-h-text"), (24, tmp_path / "wrong-text")):
-        config = CLIPTextConfig(
-            vocab_size=1000, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-            projection_dim=projection_dim, bos_token_id=clip_tokenizer.bos_token_id,
-            eos_token_id=clip_tokenizer.eos_token_id, pad_token_id=clip_tokenizer.pad_token_id,
-        )  # fmt: skip
-        CLIPTextModelWithProjection(config).save_pretrained(folder)
-        clip_tokenizer.save_pretrained(folder)
+    ids = {name: getattr(clip_tokenizer, name) for name in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    tower = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    # A whole CLIP checkpoint, as laion/CLIP-ViT-H-14-laion2B-s32B-b79K ships, with the image encoder's 16 dims ...
+    text_config = {**tower, **ids, "vocab_size": 1000}
+    vision_config = {**tower, "image_size": 32, "patch_size": 8}
+    clip = CLIPModel(CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=16))
+    clip.save_pretrained(tmp_path / "vit-h-text")
+    # ... and a lone text tower whose projection does not match.
+    CLIPTextModelWithProjection(CLIPTextConfig(**text_config, projection_dim=24)).save_pretrained(tmp_path / "wrong")
+    for folder in ("vit-h-text", "wrong"):
+        clip_tokenizer.save_pretrained(tmp_path / folder)
     style = _load(saved, "tiny-sd15", content_text_encoder=tmp_path / "vit-h-text")
-    output = style("a cat", style_png, content_prompt="a dog", steps=1)
+    received, output = _image_proj_inputs(style, lambda: style("a cat", style_png, content_prompt="a dog", steps=1))
+    tokens = clip_tokenizer("a dog", padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    pixels = style.pipe.feature_extractor(Image.open(style_png).convert("RGB"), return_tensors="pt").pixel_values
+    with torch.no_grad():
+        content = clip.get_text_features(input_ids=tokens.input_ids).pooler_output
+        expected = style.pipe.image_encoder(pixels).image_embeds - 0.8 * content  # default strength with ViT-H
+    torch.testing.assert_close(received[1], expected[0])
     assert output.settings["subtract"] == 0.8
     with pytest.raises(StylecraftError, match="16 dims but the content text embedding has 24"):
-        _load(saved, "tiny-sd15", content_text_encoder=tmp_path / "wrong-text")("a", style_png, content_prompt="b")
+        _load(saved, "tiny-sd15", content_text_encoder=tmp_path / "wrong")("a", style_png, content_prompt="b")
 
 
 def test_clear_errors(saved, sdxl, style_png, tmp_path):
@@ -181,7 +190,7 @@ def test_clear_errors(saved, sdxl, style_png, tmp_path):
         sdxl("a cat", fake)
     with pytest.raises(StylecraftError, match="PIL image or an image file path, not ndarray"):
         sdxl("a cat", np.zeros((32, 32, 3)))
-    with pytest.raises(StylecraftError, match="style embedding has 8 dims but this IP-Adapter expects 16"):
+    with pytest.raises(StylecraftError, match=r"style embedding has shape \(1, 8\) but this IP-Adapter expects 16"):
         sdxl("a cat", style_embeds=torch.zeros(1, 8))
     with pytest.raises(StylecraftError, match="exactly one"):
         sdxl("a cat")

@@ -19,7 +19,6 @@ writes the output folder.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +30,6 @@ from PIL import Image
 
 from .errors import StylecraftError
 from .io import load_image, make_grid, output_dir, save_png, write_json
-
-logger = logging.getLogger("stylecraft")
 
 # Named block sets per architecture (InstantStyle paper and official repo). "all" = every IP-Adapter processor.
 BLOCK_PRESETS: dict[str, dict[str, list[str]]] = {
@@ -58,7 +55,7 @@ VIT_H_TEXT = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 
 
 def architecture_of(unet) -> str:
-    """ "sdxl" for an SDXL-layout UNet (time-and-text added conditioning), else "sd15"."""
+    """Return "sdxl" for an SDXL-layout UNet (time-and-text added conditioning), else "sd15"."""
     return "sdxl" if unet.config.addition_embed_type == "text_time" else "sd15"
 
 
@@ -309,13 +306,14 @@ class InstantStyle:
         if style_embeds is not None:
             if not self.basic_adapter:
                 raise StylecraftError("a precomputed embedding needs a basic IP-Adapter (its input is one vector)")
-            image_embeds = torch.as_tensor(style_embeds).reshape(1, -1)  # [1, D]
+            style_embeds = torch.as_tensor(style_embeds)
             expected = self.image_projection.image_embeds.in_features
-            if image_embeds.shape[-1] != expected:
+            if style_embeds.numel() != expected:
                 raise StylecraftError(
-                    f"style embedding has {image_embeds.shape[-1]} dims but this IP-Adapter expects {expected}; "
-                    "compute it with the adapter's own image encoder"
+                    f"style embedding has shape {tuple(style_embeds.shape)} but this IP-Adapter expects {expected} "
+                    "values; compute it with the adapter's own image encoder"
                 )
+            image_embeds = style_embeds.reshape(1, expected)  # [1, D]
             negative = torch.zeros_like(image_embeds)
         else:
             image_embeds, negative = self.encode_style(style_image)
@@ -424,7 +422,7 @@ def load_instantstyle(
         StableDiffusionXLControlNetPipeline,
         StableDiffusionXLPipeline,
     )
-    from transformers import CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
+    from transformers import AutoConfig, CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
 
     pipe = _pretrained(DiffusionPipeline, str(model), "model", "--model", dtype=dtype)
     controlnet_pipelines = {  # text-to-image class -> its ControlNet variant
@@ -475,11 +473,12 @@ def load_instantstyle(
 
     text_encoder = tokenizer = None
     if content_text_encoder is not None:
-        source = str(content_text_encoder)
-        text_encoder = _pretrained(
-            CLIPTextModelWithProjection, source, "content text encoder", "--content-text-encoder"
-        )
-        tokenizer = _pretrained(CLIPTokenizer, source, "content tokenizer", "--content-text-encoder")
+        source, flag = str(content_text_encoder), "--content-text-encoder"
+        # A full CLIP checkpoint (e.g. laion/CLIP-ViT-H-14-laion2B-s32B-b79K) keeps its projection size at the top.
+        config = _pretrained(AutoConfig, source, "content text encoder", flag)
+        overrides = {"projection_dim": config.projection_dim} if config.model_type == "clip" else {}
+        text_encoder = _pretrained(CLIPTextModelWithProjection, source, "content text encoder", flag, **overrides)
+        tokenizer = _pretrained(CLIPTokenizer, source, "content tokenizer", flag)
         text_encoder = text_encoder.to(device, dtype).eval()
 
     pipe = pipe.to(device)
