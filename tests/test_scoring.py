@@ -1,4 +1,4 @@
-"""CLIP text/style scores with a tiny random CLIPModel: formulas, batching, folders, CLI JSON, errors."""
+"""CLIP text/style scores with conftest's tiny random CLIPModel: formulas, batching, folders, CLI JSON, errors."""
 
 import json
 
@@ -10,29 +10,6 @@ from PIL import Image
 
 from stylecraft.errors import StylecraftError
 from stylecraft.scoring import image_files, load_scorer, mean_and_stderr
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory, clip_tokenizer):
-    """A tiny random CLIPModel with tokenizer and image processor, saved like a hub CLIP folder."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    ids = dict(
-        bos_token_id=clip_tokenizer.bos_token_id,
-        eos_token_id=clip_tokenizer.eos_token_id,
-        pad_token_id=clip_tokenizer.pad_token_id,
-    )
-    text = dict(vocab_size=1000, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
-    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32)
-    torch.manual_seed(0)
-    model = CLIPModel(
-        CLIPConfig(text_config={**text, **ids}, vision_config={**vision, "patch_size": 8}, projection_dim=8)
-    )
-    folder = tmp_path_factory.mktemp("clip")
-    model.save_pretrained(folder)
-    clip_tokenizer.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
