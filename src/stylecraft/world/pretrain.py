@@ -215,7 +215,9 @@ def train_vq(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None:
     from diffusers import VQModel
 
     torch.manual_seed(recipe.seed)
-    vq = VQModel(**recipe.model)
+    # A later stage starts from an earlier stage's weights (``extra.init``: a vqvae folder).
+    init = recipe.extra.get("init")
+    vq = VQModel.from_pretrained(init, local_files_only=True) if init else VQModel(**recipe.model)
     data = renderer.stream(recipe.batch_size, recipe.seed)
     restart_every = recipe.extra.get("restart_dead_codes_every", 100)
     usage = torch.zeros(vq.config.num_vq_embeddings)
@@ -488,8 +490,9 @@ def evaluate_muse(folder: Path, oracles: Oracles, settings: dict) -> dict:
 
 
 # ---- shipping -----------------------------------------------------------------------------------------------------
-def ship(runs: Path) -> None:
-    """Copy trained models from ``runs`` (oracles/, clip/, muse/) into the package's weights folder."""
+def ship(runs: Path, vq_dir: Path) -> None:
+    """Copy trained models from ``runs`` (oracles/, clip/, muse/) into the package's weights folder; the VQ's
+    training record comes from ``vq_dir`` (the VQ run Muse-mini was trained with)."""
     WEIGHTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(runs / "oracles" / "oracles.safetensors", WEIGHTS / "oracles.safetensors")
     shutil.copy(runs / "oracles" / "training.json", WEIGHTS / "oracles.training.json")
@@ -497,15 +500,17 @@ def ship(runs: Path) -> None:
         shutil.rmtree(WEIGHTS / name, ignore_errors=True)
         shutil.copytree(source, WEIGHTS / name)
         shutil.copy(source.parent / "training.json", WEIGHTS / name / "training.json")
-    shutil.copy(runs / "vq" / "training.json", WEIGHTS / "muse" / "vqvae" / "training.json")
+    shutil.copy(vq_dir / "training.json", WEIGHTS / "muse" / "vqvae" / "training.json")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m stylecraft.world.pretrain", description=__doc__.split("\n")[0])
     parser.add_argument("model", choices=["oracles", "vq", "clip", "muse", "ship"])
     parser.add_argument("--out", type=Path, help="run folder (weights, checkpoint.pt, training.json)")
+    parser.add_argument("--section", help="recipe section to use (default: the model's name, e.g. vq_stage2)")
     parser.add_argument("--recipe", type=Path, help=f"recipe JSON (default {RECIPES.name} in the package)")
     parser.add_argument("--steps", type=int, help="override the recipe's step count")
+    parser.add_argument("--max-minutes", type=float, help="override the recipe's wall-clock budget")
     parser.add_argument("--threads", type=int, help="override the recipe's torch CPU threads")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument("--vq", type=Path, default=Path("runs/world/vq"), help="VQ run folder (for muse)")
@@ -519,11 +524,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     if args.model == "ship":
-        ship(args.runs)
+        ship(args.runs, args.vq)
         return
     if args.out is None:
         parser.error("--out is required")
-    recipe = load_recipe(args.model, args.recipe, {"steps": args.steps, "threads": args.threads})
+    recipe = load_recipe(
+        args.section or args.model,
+        args.recipe,
+        {"steps": args.steps, "threads": args.threads, "max_minutes": args.max_minutes},
+    )
     torch.set_num_threads(recipe.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.model == "oracles":
