@@ -193,8 +193,6 @@ def run_train_cli(args) -> int:
         checkpoint_every=args.checkpoint_every,
         mixed_precision=None if args.mixed_precision == "no" else args.mixed_precision,
     )
-    if config.adapter_type != "styledrop" and config.shared:
-        config.shared = False  # the round1 recipe's sharing applies to the styledrop adapter only
     muse = load(args.model, args.device, args.dtype)
     images = [load_image(path, muse.resolution) for path in args.image]
     train(muse, images, args.prompt, args.out, config, resume=args.resume, overwrite=args.overwrite)

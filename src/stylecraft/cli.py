@@ -177,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-steps", type=int, default=None, help="Round-2 training steps (default: the recipe's)")
     p.add_argument("--open", action="store_true", help="also open the page in the default browser")
 
+    p = commands.add_parser("eval-feedback", help="Round 1 vs Round 2 (clip / random / oracle picks), shapes world")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
+    p.add_argument("--style", action="append", default=None, help="style to evaluate (repeat; default: held-out)")
+    p.add_argument("--per-prompt", type=int, default=8, help="candidates per feedback prompt (default 8)")
+    p.add_argument("--num-images", type=int, default=4, help="evaluation images per prompt (default 4)")
+    p.add_argument("--steps", type=int, default=None, help="training steps of both rounds (default: recipes')")
+    _add_out(p)
+
     commands.add_parser("env", help="print versions and devices (for bug reports)")
     return parser
 
@@ -189,6 +197,7 @@ RUNNERS = {
     "instantstyle": "stylecraft.instantstyle:run_cli",
     "demo": "stylecraft.demo:run_cli",
     "eval": "stylecraft.evaluation:run_cli",
+    "eval-feedback": "stylecraft.evaluation:run_feedback_cli",
     "ui": "stylecraft.ui:run_cli",
     "env": "stylecraft.cli:run_env",
 }

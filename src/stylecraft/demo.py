@@ -58,7 +58,7 @@ def run_demo(
         for method, kwargs in (("prompt only", {}), ("StyleDrop Round 1", {"model": adapted, "adapter": "adapter"})):
             images, prompts = generate(muse, task.prompts, IMAGES_PER_PROMPT, sampling, **kwargs)
             results[method] = measure(images, prompts, task, oracles, scorer)
-            # grid rows = prompts, columns = seeds
+            # two prompts per grid row, two seeds each
             ordered = [
                 images[j * len(task.prompts) + p] for p in range(len(task.prompts)) for j in range(IMAGES_PER_PROMPT)
             ]
@@ -104,7 +104,7 @@ def _markdown(summary: dict) -> str:
             *table,
             "",
             "Accuracies are the shapes world's oracles; leakage = the reference's shape or colour where the prompt "
-            "asked for another. Rows of each grid are prompts, columns seeds.",
+            "asked for another. Each grid row holds two prompts, two seeds each, in the order listed below.",
             "",
             "| prompt only | StyleDrop Round 1 |",
             "|---|---|",

@@ -50,7 +50,7 @@ def make_task(style: str, shape: str = "circle", colour: str = "red", num_prompt
     shapes = [s for s in SHAPES if s != shape]
     colours = [c for c in COLOUR_NAMES if c != colour]
     # a Latin-square walk over (shape, colour) pairs: every shape and colour appears, none equals the reference's
-    pairs = [(shapes[i % len(shapes)], colours[(i * 3) % len(colours)]) for i in range(num_prompts)]
+    pairs = [(shapes[i % len(shapes)], colours[(i * 3 + i // len(shapes)) % len(colours)]) for i in range(num_prompts)]
     prompts = [caption(s, c, "large", style=style) for s, c in pairs]
     return StyleTask(style, reference_prompt, reference, prompts)
 
@@ -64,7 +64,7 @@ def measure(images: list[Image.Image], prompts: list[str], task: StyleTask, orac
     wanted = [parse_caption(p) for p in prompts]
     want_shape = np.array([SHAPES.index(w["shape"]) for w in wanted])
     want_colour = np.array([COLOUR_NAMES.index(w["colour"]) for w in wanted])
-    ref_shape, ref_colour = (SHAPES.index(x) for x in task.reference_content)
+    ref_shape, ref_colour = SHAPES.index(task.reference_content[0]), COLOUR_NAMES.index(task.reference_content[1])
     shape_ok = predicted["shape"] == want_shape
     colour_ok = predicted["colour"] == want_colour
     # leakage: the reference's shape (or colour) appears where the prompt asked for a different one
@@ -119,7 +119,7 @@ LAMBDA_A = 1.0  # StyleDrop style guidance of the adapter rows
 
 
 def evaluate_method(
-    muse,
+    model_name: str | None,
     task: StyleTask,
     method: str,
     folder,
@@ -129,25 +129,28 @@ def evaluate_method(
     steps: int | None = None,
     progress: bool = False,
 ) -> tuple[dict, list[Image.Image]]:
-    """Train ``method`` on the task's reference (into ``folder``), sample the task's prompts, measure."""
-    import copy
+    """Train ``method`` on the task's reference (into ``folder``), sample the task's prompts, measure.
+
+    Each method starts from a freshly loaded base model, so no adapter or fine-tune leaks into the next row.
+    """
     import time
 
+    from .api import load
     from .sampling import SamplingConfig
     from .training import load_recipe, train_adapter
 
     recipe_name = METHODS[method]
+    muse = load(model_name)
     model, adapter, trainable, seconds = None, None, 0, 0.0
     config = SamplingConfig(steps=12, guidance_scale=GUIDANCE)
     if recipe_name is not None:
         recipe = load_recipe(recipe_name, steps=steps)
-        target = copy.deepcopy(muse) if recipe.adapter_type == "full" else muse
         started = time.time()
-        model = train_adapter(target, [task.reference], [task.reference_prompt], recipe, folder, progress=progress)
+        model = train_adapter(muse, [task.reference], [task.reference_prompt], recipe, folder, progress=progress)
         seconds = time.time() - started
         trainable = model.configs["adapter"].training["trainable_parameters"]
         if recipe.adapter_type == "full":
-            muse, model = target, None
+            model = None  # the fine-tuned weights are muse.transformer's own now: plain CFG
         else:
             adapter, config.lambda_a = "adapter", LAMBDA_A
     images, prompts = generate(muse, task.prompts, num_images, config, model=model, adapter=adapter)
@@ -195,7 +198,7 @@ def run_table(
             for method in methods:
                 slug = method.split()[0].lower()
                 metrics, images = evaluate_method(
-                    muse, task, method, folder / style.replace(" ", "-") / slug, oracles, scorer, num_images, steps
+                    model, task, method, folder / style.replace(" ", "-") / slug, oracles, scorer, num_images, steps
                 )
                 results["styles"][style]["methods"][method] = metrics
                 rows.append([task.reference] + images[: len(task.prompts)])
@@ -278,6 +281,7 @@ def run_cli(args) -> int:
 
 
 # ---- feedback rounds (StyleDrop §3.3) in the shapes world -----------------------------------------------------
+LAMBDA_A_SWEEP = (0.0, 0.5, 1.0, 2.0)
 FEEDBACK_ROWS = ("Round 1", "Round 2 CLIP feedback", "Round 2 random", "Round 2 oracle-picked (human stand-in)")
 
 
@@ -386,11 +390,24 @@ def run_feedback_table(
                     adapter_dir=base / f"round2-{slug}",
                 )
                 adapters[row] = (model2, base / f"round2-{slug}")
-            block = {"reference": task.reference_prompt, "prompts": task.prompts, "methods": {}, "picks": picks}
+            block = {
+                "reference": task.reference_prompt,
+                "prompts": task.prompts,
+                "methods": {},
+                "picks": picks,
+                "lambda_a_sweep": {},
+            }
             for row, (model_, _) in adapters.items():
                 images, prompts_ = generate(muse, task.prompts, num_images, config, model=model_, adapter="adapter")
                 block["methods"][row] = measure(images, prompts_, task, oracles, scorer)
-                block["methods"][row]["images"] = len(images)
+            for row in FEEDBACK_ROWS[:2]:  # how style guidance λA trades style against content
+                block["lambda_a_sweep"][row] = {}
+                for lambda_a in LAMBDA_A_SWEEP:
+                    swept = SamplingConfig(steps=12, guidance_scale=GUIDANCE, lambda_a=lambda_a)
+                    images, prompts_ = generate(
+                        muse, task.prompts, num_images, swept, model=adapters[row][0], adapter="adapter"
+                    )
+                    block["lambda_a_sweep"][row][str(lambda_a)] = measure(images, prompts_, task, oracles)
             results["styles"][style] = block
         results["mean"] = {
             row: {
@@ -408,4 +425,94 @@ def run_feedback_table(
             for row in FEEDBACK_ROWS
         }
         write_json(folder / "results.json", results)
+        plot_feedback(results, folder)
+        (folder / "report.md").write_text(feedback_markdown(results))
     return results
+
+
+FEEDBACK_COLUMNS = [c for c in TABLE_COLUMNS if c[0] not in ("train_seconds", "trainable_parameters")]
+
+
+def feedback_markdown(results: dict) -> str:
+    header = "| method | " + " | ".join(label for _, label, _ in FEEDBACK_COLUMNS) + " |"
+    rule = "|---" * (len(FEEDBACK_COLUMNS) + 1) + "|"
+
+    def rows(per_method: dict) -> list[str]:
+        return [
+            f"| {m} | " + " | ".join(fmt.format(v[k]) for k, _, fmt in FEEDBACK_COLUMNS) + " |"
+            for m, v in per_method.items()
+        ]
+
+    lines = [
+        f"# Iterative training with feedback in the shapes world (model `{results['model']}`)",
+        "",
+        f"Round 1 trains on one reference render; Round 2 trains a fresh adapter (d_prj 32, not shared) on one "
+        f"candidate per feedback prompt ({results['per_prompt']} candidates each) picked by CLIP text score, at "
+        "random, or by the oracles (a stand-in upper bound for a person's picks; evaluation only). Evaluation: "
+        f"{results['num_images']} images per prompt on prompts disjoint from the feedback prompts, CFG "
+        f"{results['guidance']}, λA {results['lambda_a']}.",
+        "",
+        "## Mean over held-out styles",
+        "",
+        header,
+        rule,
+        *rows(results["mean"]),
+        "",
+        "![style accuracy vs leakage](style_vs_leakage.png) ![style accuracy vs lambda A](style_vs_lambda_a.png)",
+        "",
+    ]
+    for style, block in results["styles"].items():
+        lines += [f"## {style} (reference: {block['reference']})", "", header, rule, *rows(block["methods"]), ""]
+    return "\n".join(lines)
+
+
+def plot_feedback(results: dict, folder) -> None:
+    """style accuracy vs leakage per method, and style / content accuracy vs λA (PNG, matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5, 4), dpi=120)
+    for row, metrics in results["mean"].items():
+        axis.scatter(metrics["leakage"], metrics["style_accuracy"], s=60, label=row)
+    axis.set_xlabel("content leakage (lower is better)")
+    axis.set_ylabel("style accuracy (higher is better)")
+    axis.set_xlim(-0.02, 1.02)
+    axis.set_ylim(-0.02, 1.02)
+    axis.legend(fontsize=7, loc="lower right")
+    axis.set_title("mean over held-out styles")
+    figure.tight_layout()
+    figure.savefig(folder / "style_vs_leakage.png")
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(5, 4), dpi=120)
+    for row in FEEDBACK_ROWS[:2]:
+        for key, style in (("style_accuracy", "-"), ("content_accuracy", "--")):
+            values = [
+                np.mean([block["lambda_a_sweep"][row][str(a)][key] for block in results["styles"].values()])
+                for a in LAMBDA_A_SWEEP
+            ]
+            axis.plot(LAMBDA_A_SWEEP, values, style, marker="o", label=f"{row}: {key.split('_')[0]}")
+    axis.set_xlabel("λA (StyleDrop style guidance, Eq. 4)")
+    axis.set_ylabel("accuracy")
+    axis.set_ylim(-0.02, 1.02)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(folder / "style_vs_lambda_a.png")
+    plt.close(figure)
+
+
+def run_feedback_cli(args) -> int:
+    results = run_feedback_table(
+        args.out,
+        model=args.model,
+        styles=args.style,
+        per_prompt=args.per_prompt,
+        num_images=args.num_images,
+        round1_steps=args.steps,
+        round2_steps=args.steps,
+        overwrite=args.overwrite,
+    )
+    print(feedback_markdown({**results, "styles": {}}))
+    return 0

@@ -45,7 +45,7 @@ class TrainConfig:
 
     adapter_type: str = "styledrop"  # "styledrop" (paper's bottleneck adapter) or "lora" (peft)
     rank: int = 4  # d_prj (styledrop) or LoRA r
-    shared: bool = True  # factorised sharing across layers (paper: Round 1 shared, Round 2 not)
+    shared: bool | None = None  # factorised sharing (paper: Round 1 shared, Round 2 not); None: styledrop -> True
     lora_alpha: int | None = None  # LoRA alpha (default = rank)
     target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v"])  # LoRA targets
     steps: int = 1000  # optimisation steps
@@ -61,6 +61,8 @@ class TrainConfig:
     sample_guidance: float = 10.0  # CFG of the progress samples
 
     def __post_init__(self) -> None:
+        if self.shared is None:
+            self.shared = self.adapter_type == "styledrop"
         for name in ("steps", "batch_size", "rank"):
             if getattr(self, name) < 1:
                 raise StylecraftError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
