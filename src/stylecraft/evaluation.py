@@ -228,16 +228,16 @@ TABLE_COLUMNS = [
 ]
 
 
+def markdown_table(per_method: dict, columns: list[tuple[str, str, str]]) -> list[str]:
+    """Lines of a markdown table: one row per method, ``columns`` = (key, label, format)."""
+    lines = ["| method | " + " | ".join(label for _, label, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for method, metrics in per_method.items():
+        lines.append(f"| {method} | " + " | ".join(fmt.format(metrics[key]) for key, _, fmt in columns) + " |")
+    return lines
+
+
 def table_markdown(results: dict) -> str:
     """Mean over styles per method, then one table per style."""
-    header = "| method | " + " | ".join(label for _, label, _ in TABLE_COLUMNS) + " |"
-    rule = "|---" * (len(TABLE_COLUMNS) + 1) + "|"
-
-    def rows(per_method: dict) -> list[str]:
-        return [
-            f"| {method} | " + " | ".join(fmt.format(m[key]) for key, _, fmt in TABLE_COLUMNS) + " |"
-            for method, m in per_method.items()
-        ]
 
     lines = [
         f"# Shapes world, StyleDrop Table 2 layout (model `{results['model']}`)",
@@ -247,18 +247,14 @@ def table_markdown(results: dict) -> str:
         "",
         "## Mean over held-out styles",
         "",
-        header,
-        rule,
-        *rows(results["mean"]),
+        *markdown_table(results["mean"], TABLE_COLUMNS),
         "",
     ]
     for style, block in results["styles"].items():
         lines += [
             f"## {style} (reference: {block['reference']})",
             "",
-            header,
-            rule,
-            *rows(block["methods"]),
+            *markdown_table(block["methods"], TABLE_COLUMNS),
             "",
             f"![grid](grid_{style.replace(' ', '-')}.png)",
             "",
@@ -434,14 +430,7 @@ FEEDBACK_COLUMNS = [c for c in TABLE_COLUMNS if c[0] not in ("train_seconds", "t
 
 
 def feedback_markdown(results: dict) -> str:
-    header = "| method | " + " | ".join(label for _, label, _ in FEEDBACK_COLUMNS) + " |"
-    rule = "|---" * (len(FEEDBACK_COLUMNS) + 1) + "|"
-
-    def rows(per_method: dict) -> list[str]:
-        return [
-            f"| {m} | " + " | ".join(fmt.format(v[k]) for k, _, fmt in FEEDBACK_COLUMNS) + " |"
-            for m, v in per_method.items()
-        ]
+    """The feedback table (mean over styles, then per style) with the two plots."""
 
     lines = [
         f"# Iterative training with feedback in the shapes world (model `{results['model']}`)",
@@ -454,15 +443,18 @@ def feedback_markdown(results: dict) -> str:
         "",
         "## Mean over held-out styles",
         "",
-        header,
-        rule,
-        *rows(results["mean"]),
+        *markdown_table(results["mean"], FEEDBACK_COLUMNS),
         "",
         "![style accuracy vs leakage](style_vs_leakage.png) ![style accuracy vs lambda A](style_vs_lambda_a.png)",
         "",
     ]
     for style, block in results["styles"].items():
-        lines += [f"## {style} (reference: {block['reference']})", "", header, rule, *rows(block["methods"]), ""]
+        lines += [
+            f"## {style} (reference: {block['reference']})",
+            "",
+            *markdown_table(block["methods"], FEEDBACK_COLUMNS),
+            "",
+        ]
     return "\n".join(lines)
 
 
