@@ -1,7 +1,5 @@
 """Our sampling loop: pixel parity with AmusedPipeline, and StyleDrop Eq. 4 / Eq. 5-6 exactly as written."""
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
@@ -22,18 +20,7 @@ def muse(tiny_muse_dir):
     [(10.0, None, (2, 0), 12), (1.0, None, (2, 0), 6), (4.0, "a blue cat", (3, 1), 8)],
 )
 def test_equals_amused_pipeline_pixel_for_pixel(muse, guidance, negative, temperature, steps):
-    from diffusers import AmusedPipeline
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pipe = AmusedPipeline(
-            vqvae=muse.vqvae,
-            tokenizer=muse.tokenizer,
-            text_encoder=muse.text_encoder,
-            transformer=muse.transformer,
-            scheduler=muse.scheduler,
-        )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = muse.reference_pipeline()
     prompts = ["a red house", "a cat in watercolor style"]
     reference = pipe(
         prompts,

@@ -198,6 +198,25 @@ class MuseModel:
         self.tokenizer.save_pretrained(folder / "tokenizer")
         self.scheduler.save_pretrained(folder / "scheduler")
 
+    def reference_pipeline(self):
+        """diffusers' deprecated ``AmusedPipeline`` on these same components: the reference for parity tests and
+        benchmarks (stylecraft samples with its own loop, ``sampling.py``)."""
+        import warnings
+
+        from diffusers import AmusedPipeline
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its deprecation notice
+            pipe = AmusedPipeline(
+                vqvae=self.vqvae,
+                tokenizer=self.tokenizer,
+                text_encoder=self.text_encoder,
+                transformer=self.transformer,
+                scheduler=self.scheduler,
+            )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
     # ---- text -------------------------------------------------------------------------------------------------
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
         """Token ids [batch, 77]; prompts longer than the tokenizer's limit are truncated with a warning."""
