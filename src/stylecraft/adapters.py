@@ -232,10 +232,18 @@ class AdaptedTransformer(nn.Module):
             self._rows = None
 
     def _lora_hook(self, module, args, kwargs):
-        # peft's mixed-batch LoRA: each LoRA layer takes adapter_names, one per row ("__base__" = no LoRA).
-        # Outside a routed forward every row is "__base__", so the plain transformer stays the base model.
+        # Each row's LoRA: "__base__" = none. Outside a routed forward every row is "__base__", so the plain
+        # transformer stays the base model. A batch with one choice for every row takes peft's ordinary path (no
+        # per-row copies: training, plain sampling); a mixed batch takes peft's mixed-batch ``adapter_names`` path.
         rows = self._rows or [None] * args[0].shape[0]
-        kwargs["adapter_names"] = [r if r in self.lora_names else "__base__" for r in rows]
+        names = [r if r in self.lora_names else "__base__" for r in rows]
+        if len(set(names)) == 1:
+            module._disable_adapters = names[0] == "__base__"
+            if names[0] != "__base__":
+                module._active_adapter = [names[0]]
+            return args, kwargs
+        module._disable_adapters = False
+        kwargs["adapter_names"] = names
         return args, kwargs
 
     def _styledrop_hook(self, layer: int, site: int, module, args, output: torch.Tensor) -> torch.Tensor:
