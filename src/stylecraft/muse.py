@@ -338,6 +338,11 @@ def load_muse(
     if name == "shapes":
         from .world import shapes_model_dir
 
+        if not (shapes_model_dir() / "transformer").is_dir():
+            raise StylecraftError(
+                f"the shapes world model is missing from {shapes_model_dir()}; reinstall stylecraft from a full "
+                "checkout, or retrain it: python -m stylecraft.world.pretrain muse (see docs/world.md)"
+            )
         return _load_folder(shapes_model_dir(), "shapes", device, dtype)
     if name in BUILTIN_RANDOM:
         return build_random_muse(BUILTIN_RANDOM[name]).to(device, dtype)
