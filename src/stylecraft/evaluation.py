@@ -238,27 +238,23 @@ def markdown_table(per_method: dict, columns: list[tuple[str, str, str]]) -> lis
 
 def table_markdown(results: dict) -> str:
     """Mean over styles per method, then one table per style."""
-
-    lines = [
+    intro = [
         f"# Shapes world, StyleDrop Table 2 layout (model `{results['model']}`)",
         "",
         f"{results['num_images']} images per prompt, seed {results['eval_seed']}, CFG {results['guidance']}, "
         f"λA {results['lambda_a']} for adapters.",
-        "",
-        "## Mean over held-out styles",
-        "",
-        *markdown_table(results["mean"], TABLE_COLUMNS),
-        "",
     ]
+    return report_markdown(results, TABLE_COLUMNS, intro, per_style=lambda style: f"![grid](grid_{style}.png)")
+
+
+def report_markdown(results: dict, columns, intro: list[str], after_mean: str = "", per_style=None) -> str:
+    """Intro, the mean-over-styles table, then one table per style (each optionally followed by a line)."""
+    lines = [*intro, "", "## Mean over held-out styles", "", *markdown_table(results["mean"], columns), ""]
+    lines += [after_mean, ""] if after_mean else []
     for style, block in results["styles"].items():
-        lines += [
-            f"## {style} (reference: {block['reference']})",
-            "",
-            *markdown_table(block["methods"], TABLE_COLUMNS),
-            "",
-            f"![grid](grid_{style.replace(' ', '-')}.png)",
-            "",
-        ]
+        lines += [f"## {style} (reference: {block['reference']})", "", *markdown_table(block["methods"], columns), ""]
+        if per_style is not None:
+            lines += [per_style(style.replace(" ", "-")), ""]
     return "\n".join(lines)
 
 
@@ -431,8 +427,7 @@ FEEDBACK_COLUMNS = [c for c in TABLE_COLUMNS if c[0] not in ("train_seconds", "t
 
 def feedback_markdown(results: dict) -> str:
     """The feedback table (mean over styles, then per style) with the two plots."""
-
-    lines = [
+    intro = [
         f"# Iterative training with feedback in the shapes world (model `{results['model']}`)",
         "",
         f"Round 1 trains on one reference render; Round 2 trains a fresh adapter (d_prj 32, not shared) on one "
@@ -440,22 +435,9 @@ def feedback_markdown(results: dict) -> str:
         "random, or by the oracles (a stand-in upper bound for a person's picks; evaluation only). Evaluation: "
         f"{results['num_images']} images per prompt on prompts disjoint from the feedback prompts, CFG "
         f"{results['guidance']}, λA {results['lambda_a']}.",
-        "",
-        "## Mean over held-out styles",
-        "",
-        *markdown_table(results["mean"], FEEDBACK_COLUMNS),
-        "",
-        "![style accuracy vs leakage](style_vs_leakage.png) ![style accuracy vs lambda A](style_vs_lambda_a.png)",
-        "",
     ]
-    for style, block in results["styles"].items():
-        lines += [
-            f"## {style} (reference: {block['reference']})",
-            "",
-            *markdown_table(block["methods"], FEEDBACK_COLUMNS),
-            "",
-        ]
-    return "\n".join(lines)
+    plots = "![style accuracy vs leakage](style_vs_leakage.png) ![style accuracy vs lambda A](style_vs_lambda_a.png)"
+    return report_markdown(results, FEEDBACK_COLUMNS, intro, after_mean=plots)
 
 
 def plot_feedback(results: dict, folder) -> None:
