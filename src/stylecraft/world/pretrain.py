@@ -97,7 +97,7 @@ def train_loop(
     start, wall, history = 0, 0.0, []
     checkpoint = out / "checkpoint.pt"
     if resume and checkpoint.is_file():
-        saved = torch.load(checkpoint, weights_only=False)
+        saved = torch.load(checkpoint, weights_only=True)  # tensors, numbers, lists and dicts only: no unpickling
         for name, module in modules.items():
             module.load_state_dict(saved["modules"][name])
         optimizer.load_state_dict(saved["optimizer"])
