@@ -2,7 +2,7 @@
 
 CLIP's tokenizer is byte-level BPE over lower-cased words that end in ``</w>``. Every byte character (alone and
 with ``</w>``) is in the vocabulary, so any text tokenizes; each listed word also gets a chain of merges that
-builds it left to right, so it usually becomes one token. The files are the ones ``CLIPTokenizer.from_pretrained``
+builds it, so it becomes one token. The files are the ones ``CLIPTokenizer.from_pretrained``
 reads: ``vocab.json``, ``merges.txt`` (its first line must be the ``#version`` header) and
 ``tokenizer_config.json``.
 """
@@ -30,6 +30,18 @@ def _bytes_to_unicode() -> list[str]:
     return [chr(c) for _, c in sorted(zip(bs, cs, strict=True))]
 
 
+def _bpe(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Byte-pair encoding of one word: repeatedly merge the adjacent pair with the lowest rank."""
+    while len(pieces) > 1:
+        adjacent = zip(pieces[:-1], pieces[1:], strict=True)
+        pairs = [(ranks.get(pair, len(ranks)), i) for i, pair in enumerate(adjacent)]
+        rank, i = min(pairs)
+        if rank == len(ranks):
+            break
+        pieces = pieces[:i] + [pieces[i] + pieces[i + 1]] + pieces[i + 2 :]
+    return pieces
+
+
 def write_clip_tokenizer(folder: str | Path, words: list[str], model_max_length: int = 77) -> Path:
     """Write a CLIP tokenizer whose vocabulary holds the byte alphabet plus ``words``; returns the folder."""
     folder = Path(folder)
@@ -38,20 +50,22 @@ def write_clip_tokenizer(folder: str | Path, words: list[str], model_max_length:
     vocab: dict[str, int] = {}
     for token in alphabet + [c + "</w>" for c in alphabet]:
         vocab.setdefault(token, len(vocab))
-    merges: list[str] = []
+    merges: list[tuple[str, str]] = []
+    ranks: dict[tuple[str, str], int] = {}
     for word in sorted({w.lower() for w in words if w.strip()}):
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        merged = pieces[0]
-        for piece in pieces[1:]:
-            pair = f"{merged} {piece}"
-            merged += piece
-            if merged not in vocab:
-                vocab[merged] = len(vocab)
-                merges.append(pair)
+        # Tokenize the word with the merges so far, then add merges joining its pieces left to right. New merges
+        # rank after all earlier ones, so every earlier word still becomes its single token.
+        pieces = _bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks)
+        while len(pieces) > 1:
+            pair = (pieces[0], pieces[1])
+            ranks[pair] = len(merges)
+            merges.append(pair)
+            vocab.setdefault(pieces[0] + pieces[1], len(vocab))
+            pieces = [pieces[0] + pieces[1], *pieces[2:]]
     vocab[BOS] = len(vocab)
     vocab[EOS] = len(vocab)
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
     config = {
         "tokenizer_class": "CLIPTokenizer",
         "model_max_length": model_max_length,
