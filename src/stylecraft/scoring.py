@@ -81,7 +81,8 @@ class ClipScorer:
 
 def load_scorer(clip: str | Path | None = None, device: str | torch.device = "cpu", batch_size: int = 32) -> ClipScorer:
     """Load a ``CLIPModel`` (hub id or folder; default: the shapes world's mini CLIP) for scoring, in float32."""
-    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+    from transformers import CLIPImageProcessorPil as CLIPImageProcessor  # same preprocessing, no torchvision
+    from transformers import CLIPModel, CLIPTokenizer
 
     if clip is None:
         from .world import shapes_clip_dir
