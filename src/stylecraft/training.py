@@ -26,7 +26,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .adapters import CONFIG_NAME, AdaptedTransformer, count_parameters
+from .adapters import AdaptedTransformer, count_parameters
 from .errors import StylecraftError
 from .io import make_grid, save_png, to_pil_images, to_tensor_image, write_json
 from .muse import MuseModel, mask_tokens, masked_token_loss
@@ -295,6 +295,3 @@ def _load_checkpoint(folder: Path, model: AdaptedTransformer, optimizer, generat
     generator.set_state(tensors["generator"])
     return meta["step"], meta["log"]
 
-
-def is_adapter_folder(path: str | Path) -> bool:
-    return (Path(path) / CONFIG_NAME).is_file()
