@@ -451,23 +451,10 @@ def train_muse(recipe: Recipe, out: Path, resume: bool, vq_dir: Path, clip_dir: 
 
 def evaluate_muse(folder: Path, oracles: Oracles, settings: dict) -> dict:
     """Oracle accuracy of CFG samples on fresh prompts of seen styles (and, for reference, held-out styles)."""
-    import warnings
-
-    from diffusers import AmusedPipeline
 
     from ..muse import load_muse
 
-    model = load_muse(str(folder))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pipe = AmusedPipeline(
-            vqvae=model.vqvae,
-            tokenizer=model.tokenizer,
-            text_encoder=model.text_encoder,
-            transformer=model.transformer,
-            scheduler=model.scheduler,
-        )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load_muse(str(folder)).reference_pipeline()
     n, steps, guidance = settings.get("images", 128), settings.get("steps", 12), settings.get("guidance", 5.0)
     result = {"sampler": {"steps": steps, "guidance_scale": guidance, "images": n}}
     for group, styles in (("seen", renderer.SEEN_STYLES), ("held_out", renderer.HELD_OUT_STYLES)):
