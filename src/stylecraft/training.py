@@ -294,4 +294,3 @@ def _load_checkpoint(folder: Path, model: AdaptedTransformer, optimizer, generat
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     generator.set_state(tensors["generator"])
     return meta["step"], meta["log"]
-
