@@ -63,3 +63,14 @@ def clip_dir(tmp_path_factory, clip_tokenizer):
     clip_tokenizer.save_pretrained(folder)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def style_png(tmp_path_factory):
+    """A 32x32 random RGB PNG: a valid style image for the tiny models (resized to their 8x8)."""
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("style") / "style.png"
+    Image.fromarray((np.random.RandomState(0).rand(32, 32, 3) * 255).astype("uint8")).save(path)
+    return path

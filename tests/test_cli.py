@@ -11,13 +11,6 @@ from stylecraft.cli import main
 PROMPT = "a red house in watercolor painting style"
 
 
-@pytest.fixture
-def style_png(tmp_path):
-    path = tmp_path / "style.png"
-    Image.fromarray((np.random.RandomState(0).rand(32, 32, 3) * 255).astype("uint8")).save(path)
-    return path
-
-
 def _error(capsys, argv):
     code = main(argv)
     err = capsys.readouterr().err.strip().splitlines()

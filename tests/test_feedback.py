@@ -16,10 +16,9 @@ PROMPTS = ["a cat in oil style", "a dog in oil style", "a house in oil style"]
 
 
 @pytest.fixture(scope="module")
-def round1(tiny_muse_dir, tmp_path_factory):
+def round1(tiny_muse_dir, style_png, tmp_path_factory):
     folder = tmp_path_factory.mktemp("r1") / "adapter"
-    image = tmp_path_factory.mktemp("img") / "style.png"
-    Image.fromarray((np.random.RandomState(0).rand(32, 32, 3) * 255).astype("uint8")).save(image)
+    image = style_png
     assert (
         main(
             [

@@ -128,14 +128,13 @@ def test_full_fine_tuning_baseline(tiny_muse_dir, image, tmp_path):
 
 
 @pytest.mark.slow
-def test_accelerate_launch_two_processes(tmp_path):
+def test_accelerate_launch_two_processes(style_png, tmp_path):
     """`accelerate launch` runs the unchanged training command data-parallel (2 CPU processes, gloo)."""
     import subprocess
     import sys
     from pathlib import Path
 
-    image = tmp_path / "style.png"
-    Image.fromarray((np.random.RandomState(0).rand(32, 32, 3) * 255).astype("uint8")).save(image)
+    image = style_png
     accelerate = Path(sys.executable).with_name("accelerate")
     command = [
         str(accelerate),
