@@ -185,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="training steps of both rounds (default: recipes')")
     _add_out(p)
 
+    p = commands.add_parser("eval-two-adapters", help="content adapter (a new glyph) + style adapter, γ sweep")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
+    p.add_argument("--style", default="neon glow", help="style of the style adapter (default: neon glow)")
+    p.add_argument("--gamma", type=float, action="append", default=None, help="Eq. 5-6 γ (repeat; default 0.3 0.5 0.7)")
+    p.add_argument("--num-images", type=int, default=32, help="images per row (default 32)")
+    p.add_argument("--steps", type=int, default=None, help="training steps of both adapters (default: recipe's)")
+    _add_out(p)
+
     commands.add_parser("env", help="print versions and devices (for bug reports)")
     return parser
 
@@ -198,6 +206,7 @@ RUNNERS = {
     "demo": "stylecraft.demo:run_cli",
     "eval": "stylecraft.evaluation:run_cli",
     "eval-feedback": "stylecraft.evaluation:run_feedback_cli",
+    "eval-two-adapters": "stylecraft.evaluation:run_two_adapter_cli",
     "ui": "stylecraft.ui:run_cli",
     "env": "stylecraft.cli:run_env",
 }

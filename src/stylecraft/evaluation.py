@@ -490,3 +490,137 @@ def run_feedback_cli(args) -> int:
     )
     print(feedback_markdown({**results, "styles": {}}))
     return 0
+
+
+# ---- two adapters: a new object in a new style (StyleDrop §4.4, Eq. 5-6) ----------------------------------------
+GLYPH_COLOUR = "orange"  # the glyph "object" the content adapter learns
+GLYPH_RENDERS = 4  # content adapter training images (the issue: 3-5)
+GAMMAS = (0.3, 0.5, 0.7)
+
+
+def measure_glyph(images: list[Image.Image], style: str, oracles, detector) -> dict:
+    """Glyph rate (detector), style accuracy, colour accuracy and the both-correct rate (glyph AND style)."""
+    from .world.oracles import ATTRIBUTES
+
+    array = np.stack([np.asarray(image.convert("RGB")) for image in images])
+    glyph = detector.predict(array)
+    predicted = oracles.predict(array)
+    styled = predicted["style"] == ATTRIBUTES["style"].index(style)
+    return {
+        "glyph_rate": float(glyph.mean()),
+        "style_accuracy": float(styled.mean()),
+        "colour_accuracy": float((predicted["colour"] == COLOUR_NAMES.index(GLYPH_COLOUR)).mean()),
+        "both_correct": float((glyph & styled).mean()),
+        "num_images": len(images),
+    }
+
+
+def run_two_adapter_table(
+    out,
+    model: str | None = None,
+    style: str = "neon glow",
+    gammas: tuple[float, ...] = GAMMAS,
+    num_images: int = 32,
+    steps: int | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Train a content adapter on renders of the glyph (a shape no model saw) and a style adapter on one render of
+    ``style``; draw "a large orange sks glyph in {style} style" with each adapter alone (Eq. 4) and with both
+    mixed by Eq. 5-6 over ``gammas``; judge with the oracles and the glyph detector."""
+    from .api import load, sample
+    from .io import make_grid, output_dir, save_png, write_json
+    from .sampling import SamplingConfig
+    from .training import load_recipe, train_adapter
+    from .world import glyph_caption, render_glyphs
+    from .world.oracles import load_glyph_oracle, load_oracles
+
+    oracles, detector = load_oracles(), load_glyph_oracle()
+    task = make_task(style)
+    glyphs, _ = render_glyphs(GLYPH_RENDERS, seed=0, colour=GLYPH_COLOUR, size="large", styles=("flat color",))
+    content_prompt_text = glyph_caption(GLYPH_COLOUR)
+    prompt = glyph_caption(GLYPH_COLOUR, style=style)
+    real_glyphs, _ = render_glyphs(64, seed=EVAL_SEED, colour=GLYPH_COLOUR, size="large", styles=(style,))
+    results: dict = {
+        "model": None,
+        "style": style,
+        "prompt": prompt,
+        "content_prompt": content_prompt_text,
+        "style_reference": task.reference_prompt,
+        "content_images": GLYPH_RENDERS,
+        "num_images": num_images,
+        "guidance": GUIDANCE,
+        "lambda_a": LAMBDA_A,
+        "eval_seed": EVAL_SEED,
+        # what the judges score on real renders of the target: the ceiling of every row
+        "renders_of_the_target": measure_glyph([Image.fromarray(a) for a in real_glyphs], style, oracles, detector),
+        "rows": {},
+    }
+    with output_dir(out, overwrite=overwrite) as folder:
+        recipe = load_recipe("shapes-round1", steps=steps)
+        content_images = [Image.fromarray(a) for a in glyphs]
+        train_adapter(load(model), content_images, [content_prompt_text] * GLYPH_RENDERS, recipe, folder / "content")
+        train_adapter(load(model), [task.reference], [task.reference_prompt], recipe, folder / "style")
+        muse = load(model)
+        results["model"] = muse.name
+        runs: dict[str, dict] = {
+            "content adapter only (Eq. 4)": {"adapter": folder / "content"},
+            "style adapter only (Eq. 4)": {"adapter": folder / "style"},
+        }
+        for gamma in gammas:
+            runs[f"both, γ = {gamma:g} (Eq. 5-6)"] = {
+                "style_adapter": folder / "style",
+                "content_adapter": folder / "content",
+                "style_descriptor": style,
+                "gamma": gamma,
+            }
+        grid_rows = []
+        for name, run in runs.items():
+            config = SamplingConfig(steps=12, guidance_scale=GUIDANCE, gamma=run.pop("gamma", 0.5))
+            if "adapter" in run:
+                config.lambda_a = LAMBDA_A
+            images = sample(muse, [prompt], config=config, num_images=num_images, seed=EVAL_SEED, progress=False, **run)
+            results["rows"][name] = measure_glyph(images, style, oracles, detector)
+            grid_rows.append(images[:8])
+        best = max(gammas, key=lambda g: results["rows"][f"both, γ = {g:g} (Eq. 5-6)"]["both_correct"])
+        results["best_gamma"] = best
+        inputs = [*content_images, task.reference] + [Image.new("RGB", (64, 64), "white")] * (8 - GLYPH_RENDERS - 1)
+        grid = make_grid([im.resize((96, 96), 0) for row in [inputs, *grid_rows] for im in row], columns=8)
+        save_png(grid, folder / "grid.png", {"rows": ["inputs", *runs]})
+        write_json(folder / "results.json", results)
+        (folder / "table.md").write_text(two_adapter_markdown(results))
+    return results
+
+
+def two_adapter_markdown(results: dict) -> str:
+    columns = [
+        ("both_correct", "both correct ↑", "{:.2f}"),
+        ("glyph_rate", "glyph (detector) ↑", "{:.2f}"),
+        ("style_accuracy", "style acc. ↑", "{:.2f}"),
+        ("colour_accuracy", "colour acc. ↑", "{:.2f}"),
+    ]
+    rows = {"renders of the target (judges' ceiling)": results["renders_of_the_target"], **results["rows"]}
+    lines = [
+        f"# Two adapters: a new glyph in {results['style']} style",
+        "",
+        f"Prompt: `{results['prompt']}`. Content adapter: {results['content_images']} renders of "
+        f"`{results['content_prompt']}` (a shape no model saw). Style adapter: one render of "
+        f"`{results['style_reference']}`. {results['num_images']} images per row, seed {results['eval_seed']}, "
+        f"CFG {results['guidance']}. Best γ: **{results['best_gamma']:g}**. Grid: grid.png (first row: the inputs).",
+        "",
+        *markdown_table(rows, columns),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def run_two_adapter_cli(args) -> int:
+    results = run_two_adapter_table(
+        args.out,
+        model=args.model,
+        style=args.style,
+        gammas=tuple(args.gamma or GAMMAS),
+        num_images=args.num_images,
+        steps=args.steps,
+        overwrite=args.overwrite,
+    )
+    print(two_adapter_markdown(results))
+    return 0

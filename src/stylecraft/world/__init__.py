@@ -6,6 +6,8 @@ from pathlib import Path
 
 from .renderer import (
     COLOUR_NAMES,
+    GLYPH,
+    GLYPH_WORDS,
     HELD_OUT_STYLES,
     POSITIONS,
     SEEN_STYLES,
@@ -14,9 +16,11 @@ from .renderer import (
     STYLES,
     Scenes,
     caption,
+    glyph_caption,
     parse_caption,
     render,
     render_batch,
+    render_glyphs,
     render_prompts,
     sample_scenes,
     stream,
@@ -36,6 +40,11 @@ def shapes_clip_dir() -> Path:
     return WEIGHTS / "clip"
 
 
+def glyph_oracle_path() -> Path:
+    """File of the glyph detector's weights (safetensors): is this image the two-adapter experiment's glyph?"""
+    return WEIGHTS / "glyph_oracle.safetensors"
+
+
 def oracle_path() -> Path:
     """File of the oracle classifiers' weights (safetensors)."""
     return WEIGHTS / "oracles.safetensors"
@@ -43,6 +52,8 @@ def oracle_path() -> Path:
 
 __all__ = [
     "COLOUR_NAMES",
+    "GLYPH",
+    "GLYPH_WORDS",
     "HELD_OUT_STYLES",
     "POSITIONS",
     "SEEN_STYLES",
@@ -51,10 +62,13 @@ __all__ = [
     "STYLES",
     "Scenes",
     "caption",
+    "glyph_caption",
+    "glyph_oracle_path",
     "oracle_path",
     "parse_caption",
     "render",
     "render_batch",
+    "render_glyphs",
     "render_prompts",
     "sample_scenes",
     "shapes_clip_dir",

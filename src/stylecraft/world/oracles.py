@@ -33,29 +33,33 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
 }
 
 
+def _trunk(c: int) -> nn.Sequential:
+    """Strided conv trunk (64→32→16→8→4 pixels), flattened: 4c·16 features."""
+    return nn.Sequential(
+        nn.Conv2d(3, c, 4, stride=2, padding=1),
+        nn.BatchNorm2d(c),
+        nn.ReLU(),  # 32×32
+        nn.Conv2d(c, 2 * c, 3, stride=2, padding=1),
+        nn.BatchNorm2d(2 * c),
+        nn.ReLU(),  # 16×16
+        nn.Conv2d(2 * c, 4 * c, 3, stride=2, padding=1),
+        nn.BatchNorm2d(4 * c),
+        nn.ReLU(),  # 8×8
+        nn.Conv2d(4 * c, 4 * c, 3, padding=1),
+        nn.BatchNorm2d(4 * c),
+        nn.ReLU(),
+        nn.AvgPool2d(2),  # 4×4
+        nn.Flatten(),
+    )
+
+
 class Oracles(nn.Module):
     """Strided conv trunk (64→32→16→8→4 pixels) + one linear head per attribute."""
 
     def __init__(self, width: int = 24):
         super().__init__()
-        c = width
-        self.trunk = nn.Sequential(
-            nn.Conv2d(3, c, 4, stride=2, padding=1),
-            nn.BatchNorm2d(c),
-            nn.ReLU(),  # 32×32
-            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1),
-            nn.BatchNorm2d(2 * c),
-            nn.ReLU(),  # 16×16
-            nn.Conv2d(2 * c, 4 * c, 3, stride=2, padding=1),
-            nn.BatchNorm2d(4 * c),
-            nn.ReLU(),  # 8×8
-            nn.Conv2d(4 * c, 4 * c, 3, padding=1),
-            nn.BatchNorm2d(4 * c),
-            nn.ReLU(),
-            nn.AvgPool2d(2),  # 4×4
-            nn.Flatten(),
-        )
-        features = 4 * c * (SIZE // 16) ** 2
+        self.trunk = _trunk(width)
+        features = 4 * width * (SIZE // 16) ** 2
         self.heads = nn.ModuleDict({name: nn.Linear(features, len(classes)) for name, classes in ATTRIBUTES.items()})
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -87,21 +91,53 @@ def as_model_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return images
 
 
-def load_oracles(path: str | Path | None = None) -> Oracles:
-    """The shipped oracles (or weights at ``path``), in eval mode on the CPU."""
+class GlyphOracle(nn.Module):
+    """Is this image the two-adapter experiment's glyph (``renderer.GLYPH``), in any colour, size or style?
+    The same trunk as ``Oracles``, one logit. Used only to evaluate, like the other oracles."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        self.trunk = _trunk(width)
+        self.head = nn.Linear(4 * width * (SIZE // 16) ** 2, 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images [n, 3, 64, 64] in [0, 1] -> glyph logits [n]."""
+        return self.head(self.trunk(images * 2 - 1)).squeeze(-1)
+
+    @torch.no_grad()
+    def predict(self, images: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
+        """Boolean [n]: the glyph or not, for the same inputs as ``Oracles.predict``."""
+        images = as_model_input(images)
+        self.eval()
+        return torch.cat([self(images[i : i + batch_size]) > 0 for i in range(0, len(images), batch_size)]).numpy()
+
+
+def _load(cls, path: Path, command: str):
+    """A ``cls`` (width read off the weights) from safetensors at ``path``, in eval mode on the CPU."""
     from safetensors.torch import load_file
 
-    from . import oracle_path
-
-    path = Path(path) if path is not None else oracle_path()
     if not path.is_file():
         raise FileNotFoundError(
-            f"no oracle weights at {path}; train them with `python -m stylecraft.world.pretrain oracles --out DIR`"
+            f"no weights at {path}; train them with `python -m stylecraft.world.pretrain {command} --out DIR`"
         )
     state = load_file(str(path))
-    model = Oracles(width=state["trunk.0.weight"].shape[0])
+    model = cls(width=state["trunk.0.weight"].shape[0])
     model.load_state_dict(state)
     return model.eval().requires_grad_(False)
+
+
+def load_glyph_oracle(path: str | Path | None = None) -> GlyphOracle:
+    """The shipped glyph detector (or weights at ``path``), in eval mode on the CPU."""
+    from . import glyph_oracle_path
+
+    return _load(GlyphOracle, Path(path) if path is not None else glyph_oracle_path(), "glyph")
+
+
+def load_oracles(path: str | Path | None = None) -> Oracles:
+    """The shipped oracles (or weights at ``path``), in eval mode on the CPU."""
+    from . import oracle_path
+
+    return _load(Oracles, Path(path) if path is not None else oracle_path(), "oracles")
 
 
 def labels_from_prompts(prompts: list[str]) -> dict[str, np.ndarray]:

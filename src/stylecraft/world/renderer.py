@@ -36,6 +36,10 @@ COLOURS = {  # RGB in [0, 1]; kept far apart in hue so they survive pastel, neon
     "pink": (1.0, 0.45, 0.7),
 }
 COLOUR_NAMES = tuple(COLOURS)
+# A ninth shape that no pretrained model ever sees: the "new object" of the two-adapter experiment (StyleDrop §4.4).
+# Scenes give it shape index len(SHAPES); captions call it by a rare word made of sub-word pieces, like DreamBooth's.
+GLYPH = "glyph"
+GLYPH_WORDS = "sks glyph"
 SIZES = ("small", "large")
 POSITIONS = ("in the center", "on the left", "on the right", "at the top", "at the bottom")
 _POSITION_XY = np.array([(32, 32), (19, 32), (45, 32), (32, 19), (32, 45)], dtype=np.float32)
@@ -167,6 +171,9 @@ _STAR = [
 ]  # 5 points, inner radius 0.45
 
 
+_BOLT = [(0.1, -1.0), (0.6, -1.0), (0.2, -0.15), (0.6, -0.15), (-0.3, 1.0), (-0.05, 0.15), (-0.5, 0.15)]
+
+
 def _box(x: np.ndarray, y: np.ndarray, half_w: float, half_h: float) -> np.ndarray:
     qx, qy = np.abs(x) - half_w, np.abs(y) - half_h
     return np.hypot(np.maximum(qx, 0), np.maximum(qy, 0)) + np.minimum(np.maximum(qx, qy), 0)
@@ -191,6 +198,8 @@ def _shape_sdf(kind: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return _polygon_sdf(x, y, [(0, -1.0), (0.75, 0), (0, 1.0), (-0.75, 0)])
     if kind == "moon":  # a disc minus an offset disc
         return np.maximum(np.hypot(x, y) - 1.0, -(np.hypot(x - 0.55, y + 0.2) - 0.8))
+    if kind == GLYPH:  # a lightning bolt
+        return _polygon_sdf(x, y, _BOLT)
     raise ValueError(f"unknown shape {kind!r}; choose one of {SHAPES}")
 
 
@@ -206,7 +215,7 @@ def _distance_fields(scenes: Scenes, rng: np.random.Generator) -> np.ndarray:
     cos, sin = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
     x, y = (cos * dx + sin * dy).astype(np.float32), (-sin * dx + cos * dy).astype(np.float32)
     sdf = np.empty((n, SIZE, SIZE), dtype=np.float32)
-    for k, kind in enumerate(SHAPES):
+    for k, kind in enumerate((*SHAPES, GLYPH)):
         idx = np.flatnonzero(scenes.shape == k)
         if len(idx):
             sdf[idx] = _shape_sdf(kind, x[idx], y[idx])
@@ -415,6 +424,27 @@ def render(scenes: Scenes, seed: int | np.random.Generator = 0) -> np.ndarray:
         if len(idx):
             images[idx] = _STYLE_FUNCTIONS[name](sdf[idx], colour[idx], rng)
     return (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def glyph_caption(colour: str, size: str = "large", position: str = "in the center", style: str | None = None) -> str:
+    """The caption of a glyph scene, e.g. "a large orange sks glyph in flat color style" (no style: no phrase)."""
+    where = f" {position}" if size == "small" else ""
+    return f"a {size} {colour} {GLYPH_WORDS}{where}" + (f" in {style} style" if style else "")
+
+
+def render_glyphs(
+    n: int, seed: int, colour: str | None = None, size: str | None = None, styles: tuple[str, ...] | None = None
+) -> tuple[np.ndarray, Scenes]:
+    """``n`` glyph scenes (random attributes unless ``colour``/``size`` fix them) and their uint8 images."""
+    rng = np.random.default_rng(seed)
+    scenes = sample_scenes(n, rng, styles)
+    scenes.shape[:] = len(SHAPES)
+    if colour is not None:
+        scenes.colour[:] = COLOUR_NAMES.index(colour)
+    if size is not None:
+        scenes.size[:] = SIZES.index(size)
+        scenes.position[scenes.size == SIZES.index("large")] = 0
+    return render(scenes, rng), scenes
 
 
 def render_batch(n: int, seed: int, styles: tuple[str, ...] | None = None) -> tuple[np.ndarray, Scenes]:
