@@ -363,11 +363,25 @@ def load_muse(
     return _load_folder(name, name, device, dtype)
 
 
+def _vq_class(source: str | Path) -> type[VQModel]:
+    """The VQ class a local folder's vqvae/config.json names (the shapes world ships its own ``VQModel``
+    subclass); diffusers' ``VQModel`` for hub ids and every other folder."""
+    config = Path(str(source)) / "vqvae" / "config.json"
+    if not config.is_file():
+        return VQModel
+    from .world.vq import vq_class
+
+    try:
+        return vq_class(json.loads(config.read_text()))
+    except json.JSONDecodeError:
+        return VQModel  # from_pretrained reports the broken file
+
+
 def _load_folder(source: str | Path, name: str, device, dtype) -> MuseModel:
     kwargs = {"local_files_only": Path(str(source)).is_dir()}
     try:
         transformer = UVit2DModel.from_pretrained(source, subfolder="transformer", **kwargs)
-        vqvae = VQModel.from_pretrained(source, subfolder="vqvae", **kwargs)
+        vqvae = _vq_class(source).from_pretrained(source, subfolder="vqvae", **kwargs)
         text_encoder = CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder", **kwargs)
         tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs)
         scheduler = AmusedScheduler.from_pretrained(source, subfolder="scheduler", **kwargs)

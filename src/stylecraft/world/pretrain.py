@@ -1,6 +1,7 @@
 """Pretrain the shapes world's models on the CPU, each from a JSON recipe (``world/recipes.json``).
 
     python -m stylecraft.world.pretrain oracles --out runs/world/oracles
+    python -m stylecraft.world.pretrain glyph   --out runs/world/glyph     # the two-adapter experiment's detector
     python -m stylecraft.world.pretrain vq      --out runs/world/vq
     python -m stylecraft.world.pretrain clip    --out runs/world/clip
     python -m stylecraft.world.pretrain muse    --out runs/world/muse --vq runs/world/vq --clip runs/world/clip
@@ -178,15 +179,10 @@ def train_oracles(recipe: Recipe, out: Path, resume: bool) -> None:
     torch.manual_seed(recipe.seed)
     model = Oracles(**recipe.model)
     data = renderer.stream(recipe.batch_size, recipe.seed)
-    blur = torch.tensor([1.0, 2.0, 1.0])
-    blur = (blur[:, None] * blur[None, :] / 16).expand(3, 1, 3, 3)
 
     def step_fn(step):
         images, scenes = next(data)
-        x = to_tensor(images)
-        # Mild blur on some images: the oracles must also judge generated (slightly soft) images.
-        soft = torch.rand(len(x)) < recipe.extra.get("blur_prob", 0.25)
-        x[soft] = F.conv2d(F.pad(x[soft], (1, 1, 1, 1), mode="replicate"), blur, groups=3)
+        x = _soften(to_tensor(images), recipe.extra.get("blur_prob", 0.25))
         logits = model(x)
         labels = scenes.labels()
         losses = {k: F.cross_entropy(logits[k], torch.from_numpy(labels[k])) for k in ATTRIBUTES}
@@ -198,6 +194,54 @@ def train_oracles(recipe: Recipe, out: Path, resume: bool) -> None:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "oracles.safetensors"))
     oracles = load_oracles(out / "oracles.safetensors")
     finish(out, "oracles", recipe, wall, history, evaluate_oracles(oracles, recipe.eval_images))
+
+
+def _soften(x: torch.Tensor, probability: float) -> torch.Tensor:
+    """Blur a random ``probability`` share of images a little: oracles must also judge soft generated images."""
+    blur = torch.tensor([1.0, 2.0, 1.0])
+    blur = (blur[:, None] * blur[None, :] / 16).expand(3, 1, 3, 3)
+    soft = torch.rand(len(x)) < probability
+    x[soft] = F.conv2d(F.pad(x[soft], (1, 1, 1, 1), mode="replicate"), blur, groups=3)
+    return x
+
+
+# ---- glyph oracle -------------------------------------------------------------------------------------------------
+def train_glyph_oracle(recipe: Recipe, out: Path, resume: bool) -> None:
+    """A glyph-or-not detector: half of each batch glyphs, half the eight shapes, all styles, colours and sizes."""
+    from safetensors.torch import save_file
+
+    from .oracles import GlyphOracle, load_glyph_oracle
+
+    torch.manual_seed(recipe.seed)
+    model = GlyphOracle(**recipe.model)
+    half = recipe.batch_size // 2
+
+    def step_fn(step):
+        glyphs, _ = renderer.render_glyphs(half, seed=[recipe.seed, step, 1])
+        shapes, _ = renderer.render_batch(half, seed=[recipe.seed, step, 0])
+        x = _soften(to_tensor(np.concatenate([glyphs, shapes])), recipe.extra.get("blur_prob", 0.25))
+        target = torch.cat([torch.ones(half), torch.zeros(half)])
+        loss = F.binary_cross_entropy_with_logits(model(x), target)
+        return loss, {}
+
+    wall, history = train_loop(recipe, out, {"glyph": model}, list(model.parameters()), step_fn, resume)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "glyph_oracle.safetensors"))
+    detector = load_glyph_oracle(out / "glyph_oracle.safetensors")
+    finish(out, "glyph", recipe, wall, history, evaluate_glyph_oracle(detector, recipe.eval_images))
+
+
+def evaluate_glyph_oracle(detector, per_style: int) -> dict:
+    """Per style: share of fresh glyph renders called glyph, and of fresh shape renders called not-glyph."""
+    result = {}
+    for k, style in enumerate(renderer.STYLES):
+        glyphs, _ = renderer.render_glyphs(per_style, EVAL_SEED + k, styles=(style,))
+        shapes, _ = renderer.render_batch(per_style, EVAL_SEED + 100 + k, styles=(style,))
+        result[style] = {
+            "glyph_recall": round(float(detector.predict(glyphs).mean()), 4),
+            "shape_rejection": round(float((~detector.predict(shapes)).mean()), 4),
+        }
+    result["min"] = {key: min(result[s][key] for s in renderer.STYLES) for key in ("glyph_recall", "shape_rejection")}
+    return result
 
 
 def evaluate_oracles(oracles: Oracles, per_style: int) -> dict:
@@ -212,19 +256,28 @@ def evaluate_oracles(oracles: Oracles, per_style: int) -> dict:
 
 # ---- VQ tokenizer -----------------------------------------------------------------------------------------------
 def train_vq(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None:
-    from diffusers import VQModel
+    from .vq import WorldVQModel
 
     torch.manual_seed(recipe.seed)
     # A later stage starts from an earlier stage's weights (``extra.init``: a vqvae folder).
     init = recipe.extra.get("init")
-    vq = VQModel.from_pretrained(init, local_files_only=True) if init else VQModel(**recipe.model)
+    vq = WorldVQModel.from_pretrained(init, local_files_only=True) if init else WorldVQModel(**recipe.model)
     data = renderer.stream(recipe.batch_size, recipe.seed)
     restart_every = recipe.extra.get("restart_dead_codes_every", 100)
+    # VQ from scratch collapses onto a handful of codes here; the usual cure: train as a plain autoencoder first,
+    # then start the codebook from k-means of the encoder's outputs, then train with quantization.
+    autoencoder_steps = recipe.extra.get("autoencoder_steps", 0)
     usage = torch.zeros(vq.config.num_vq_embeddings)
 
     def step_fn(step):
         x = to_tensor(next(data)[0])
         latents = vq.encode(x).latents  # [n, c, 8, 8]
+        if step < autoencoder_steps:
+            reconstruction = vq.decoder(vq.post_quant_conv(latents))
+            loss = F.mse_loss(reconstruction, x) + 0.5 * F.l1_loss(reconstruction, x)
+            return loss, {"phase": "autoencoder"}
+        if step == autoencoder_steps and autoencoder_steps:
+            vq.quantize.embedding.weight.data.copy_(codebook_kmeans(vq, recipe.seed, vq.config.num_vq_embeddings))
         quantized, commit_loss, (_, _, indices) = vq.quantize(latents)
         reconstruction = vq.decoder(vq.post_quant_conv(quantized))
         loss = F.mse_loss(reconstruction, x) + 0.5 * F.l1_loss(reconstruction, x) + commit_loss
@@ -241,8 +294,26 @@ def train_vq(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None:
 
     wall, history = train_loop(recipe, out, {"vq": vq}, list(vq.parameters()), step_fn, resume)
     vq.save_pretrained(out / "vqvae")
-    vq = VQModel.from_pretrained(out / "vqvae", local_files_only=True).eval()
+    vq = WorldVQModel.from_pretrained(out / "vqvae", local_files_only=True).eval()
     finish(out, "vq", recipe, wall, history, evaluate_vq(vq, evaluation_oracles(oracles), recipe.eval_images))
+
+
+@torch.no_grad()
+def codebook_kmeans(vq, seed: int, codes: int, images: int = 512, iterations: int = 20) -> torch.Tensor:
+    """``codes`` k-means centres of the encoder's latent vectors on ``images`` fresh renders (seeded)."""
+    rendered, _ = renderer.render_batch(images, seed + 7_777)
+    latents = torch.cat([vq.encode(to_tensor(rendered[i : i + 128])).latents for i in range(0, images, 128)])
+    flat = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+    generator = torch.Generator().manual_seed(seed)
+    centres = flat[torch.randperm(len(flat), generator=generator)[:codes]].clone()
+    for _ in range(iterations):
+        nearest = torch.cdist(flat, centres).argmin(1)
+        counts = torch.bincount(nearest, minlength=codes).float()
+        sums = torch.zeros_like(centres).index_add_(0, nearest, flat)
+        empty = counts == 0
+        centres[~empty] = sums[~empty] / counts[~empty, None]
+        centres[empty] = flat[torch.randint(len(flat), (int(empty.sum()),), generator=generator)]
+    return centres
 
 
 @torch.no_grad()
@@ -379,13 +450,14 @@ def clip_text_encoder(folder: str | Path):
 
 # ---- Muse-mini ---------------------------------------------------------------------------------------------------
 def train_muse(recipe: Recipe, out: Path, resume: bool, vq_dir: Path, clip_dir: Path, oracles: Path) -> None:
-    from diffusers import AmusedScheduler, UVit2DModel, VQModel
+    from diffusers import AmusedScheduler, UVit2DModel
     from transformers import CLIPTokenizer
 
     from ..muse import MuseModel, mask_tokens, masked_token_loss
+    from .vq import WorldVQModel
 
     torch.manual_seed(recipe.seed)
-    vq = VQModel.from_pretrained(vq_dir / "vqvae", local_files_only=True).eval()
+    vq = WorldVQModel.from_pretrained(vq_dir / "vqvae", local_files_only=True).eval()
     text_encoder = clip_text_encoder(clip_dir / "clip")
     tokenizer = CLIPTokenizer.from_pretrained(clip_dir / "clip", local_files_only=True)
     codebook = vq.config.num_vq_embeddings
@@ -483,6 +555,9 @@ def ship(runs: Path, vq_dir: Path) -> None:
     WEIGHTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(runs / "oracles" / "oracles.safetensors", WEIGHTS / "oracles.safetensors")
     shutil.copy(runs / "oracles" / "training.json", WEIGHTS / "oracles.training.json")
+    if (runs / "glyph" / "glyph_oracle.safetensors").is_file():
+        shutil.copy(runs / "glyph" / "glyph_oracle.safetensors", WEIGHTS / "glyph_oracle.safetensors")
+        shutil.copy(runs / "glyph" / "training.json", WEIGHTS / "glyph_oracle.training.json")
     for name, source in (("clip", runs / "clip" / "clip"), ("muse", runs / "muse" / "muse")):
         shutil.rmtree(WEIGHTS / name, ignore_errors=True)
         shutil.copytree(source, WEIGHTS / name)
@@ -492,7 +567,7 @@ def ship(runs: Path, vq_dir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m stylecraft.world.pretrain", description=__doc__.split("\n")[0])
-    parser.add_argument("model", choices=["oracles", "vq", "clip", "muse", "ship"])
+    parser.add_argument("model", choices=["oracles", "glyph", "vq", "clip", "muse", "ship"])
     parser.add_argument("--out", type=Path, help="run folder (weights, checkpoint.pt, training.json)")
     parser.add_argument("--section", help="recipe section to use (default: the model's name, e.g. vq_stage2)")
     parser.add_argument("--recipe", type=Path, help=f"recipe JSON (default {RECIPES.name} in the package)")
@@ -524,6 +599,9 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.model == "oracles":
         train_oracles(recipe, args.out, args.resume)
+        return
+    if args.model == "glyph":
+        train_glyph_oracle(recipe, args.out, args.resume)
         return
     if args.model == "vq":
         train_vq(recipe, args.out, args.resume, args.oracles)
