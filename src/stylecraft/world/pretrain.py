@@ -347,12 +347,15 @@ def evaluate_vq(vq, oracles: Oracles, per_style: int) -> dict:
 
 
 # ---- mini CLIP ----------------------------------------------------------------------------------------------------
-def build_tokenizer(folder: Path, max_length: int):
+def build_tokenizer(folder: Path, max_length: int, resume: bool = False):
+    """The world's CLIP tokenizer in ``folder``; a resumed run keeps the one it started with (rewriting it would
+    renumber the tokens under the checkpoint's embeddings)."""
     from transformers import CLIPTokenizer
 
     from ..tokenizer import write_clip_tokenizer
 
-    write_clip_tokenizer(folder, renderer.vocabulary(), model_max_length=max_length)
+    if not (resume and (folder / "vocab.json").is_file()):
+        write_clip_tokenizer(folder, renderer.vocabulary(), model_max_length=max_length)
     return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
 
 
@@ -361,7 +364,7 @@ def train_clip(recipe: Recipe, out: Path, resume: bool) -> None:
 
     torch.manual_seed(recipe.seed)
     max_length = recipe.extra.get("max_length", 32)
-    tokenizer = build_tokenizer(out / "clip", max_length)
+    tokenizer = build_tokenizer(out / "clip", max_length, resume)
     text = {
         **recipe.model["text"],
         "vocab_size": len(tokenizer),
@@ -460,6 +463,11 @@ def train_muse(recipe: Recipe, out: Path, resume: bool, vq_dir: Path, clip_dir: 
     vq = WorldVQModel.from_pretrained(vq_dir / "vqvae", local_files_only=True).eval()
     text_encoder = clip_text_encoder(clip_dir / "clip")
     tokenizer = CLIPTokenizer.from_pretrained(clip_dir / "clip", local_files_only=True)
+    if text_encoder.config.eos_token_id != tokenizer.eos_token_id:  # CLIP would pool position 0 for every prompt
+        raise ValueError(
+            f"{clip_dir / 'clip'}: tokenizer eos id {tokenizer.eos_token_id} != text encoder's "
+            f"{text_encoder.config.eos_token_id}; the tokenizer is not the one this CLIP was trained with"
+        )
     codebook = vq.config.num_vq_embeddings
     text = text_encoder.config
     transformer = UVit2DModel(
@@ -569,7 +577,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m stylecraft.world.pretrain", description=__doc__.split("\n")[0])
     parser.add_argument("model", choices=["oracles", "glyph", "vq", "clip", "muse", "ship"])
     parser.add_argument("--out", type=Path, help="run folder (weights, checkpoint.pt, training.json)")
-    parser.add_argument("--section", help="recipe section to use (default: the model's name, e.g. vq_stage2)")
+    parser.add_argument("--section", help="recipe section to use (default: the model's name)")
     parser.add_argument("--recipe", type=Path, help=f"recipe JSON (default {RECIPES.name} in the package)")
     parser.add_argument("--steps", type=int, help="override the recipe's step count")
     parser.add_argument("--max-minutes", type=float, help="override the recipe's wall-clock budget")
