@@ -172,6 +172,10 @@ def test_eval_two_adapters_command_writes_its_report(tmp_path):
     from stylecraft.cli import main
 
     out = tmp_path / "two"
+    # Bad settings are refused before any training, and nothing is written.
+    assert main(["eval-two-adapters", "--gamma", "1.5", "--out", str(out)]) == 2
+    assert main(["eval-two-adapters", "--style", "sepia", "--out", str(out)]) == 2
+    assert not out.exists()
     argv = ["eval-two-adapters", "--steps", "2", "--num-images", "2", "--gamma", "0.5", "--out", str(out)]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())

@@ -528,14 +528,19 @@ def run_two_adapter_table(
     ``style``; draw "a large orange sks glyph in {style} style" with each adapter alone (Eq. 4) and with both
     mixed by Eq. 5-6 over ``gammas``; judge with the oracles and the glyph detector."""
     from .api import load, sample
+    from .errors import StylecraftError
     from .io import make_grid, output_dir, save_png, write_json
     from .sampling import SamplingConfig
     from .training import load_recipe, train_adapter
     from .world import glyph_caption, render_glyphs
     from .world.oracles import load_glyph_oracle, load_oracles
 
+    task = make_task(style)  # settings are checked before any training: an unknown style, a bad γ or count
+    for gamma in gammas:
+        SamplingConfig(gamma=gamma)
+    if num_images < 1:
+        raise StylecraftError(f"--num-images must be at least 1, got {num_images}")
     oracles, detector = load_oracles(), load_glyph_oracle()
-    task = make_task(style)
     glyphs, _ = render_glyphs(GLYPH_RENDERS, seed=0, colour=GLYPH_COLOUR, size="large", styles=("flat color",))
     content_prompt_text = glyph_caption(GLYPH_COLOUR)
     prompt = glyph_caption(GLYPH_COLOUR, style=style)

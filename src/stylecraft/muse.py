@@ -363,6 +363,16 @@ def load_muse(
     return _load_folder(name, name, device, dtype)
 
 
+def check_eos(text_encoder, tokenizer, where: str) -> None:
+    """Refuse a tokenizer whose eos id differs from the text encoder's: CLIP pools the first position equal to
+    eos_token_id, so with a mismatched id it silently pools position 0 for every prompt."""
+    if text_encoder.config.eos_token_id != tokenizer.eos_token_id:
+        raise StylecraftError(
+            f"{where}: text encoder eos_token_id {text_encoder.config.eos_token_id} != tokenizer's "
+            f"{tokenizer.eos_token_id}; the tokenizer is not the one this text encoder was trained with"
+        )
+
+
 def _vq_class(source: str | Path) -> type[VQModel]:
     """The VQ class a local folder's vqvae/config.json names (the shapes world ships its own ``VQModel``
     subclass); diffusers' ``VQModel`` for hub ids and every other folder."""
@@ -391,12 +401,7 @@ def _load_folder(source: str | Path, name: str, device, dtype) -> MuseModel:
             f"could not load model {name!r}: {first_line}. Pass a local aMUSEd-layout folder "
             "(the hub is not reachable offline)"
         ) from None
-    if text_encoder.config.eos_token_id != tokenizer.eos_token_id:
-        # CLIP pools the first position equal to eos_token_id; with a mismatched id it silently pools position 0.
-        raise StylecraftError(
-            f"model {name!r}: text encoder eos_token_id {text_encoder.config.eos_token_id} != tokenizer's "
-            f"{tokenizer.eos_token_id}; fix text_encoder/config.json"
-        )
+    check_eos(text_encoder, tokenizer, f"model {name!r}")
     for module in (transformer, vqvae, text_encoder):
         module.eval().requires_grad_(False)
     return MuseModel(transformer, vqvae, text_encoder, tokenizer, scheduler, name=name).to(device, dtype)

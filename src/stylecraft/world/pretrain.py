@@ -456,18 +456,14 @@ def train_muse(recipe: Recipe, out: Path, resume: bool, vq_dir: Path, clip_dir: 
     from diffusers import AmusedScheduler, UVit2DModel
     from transformers import CLIPTokenizer
 
-    from ..muse import MuseModel, mask_tokens, masked_token_loss
+    from ..muse import MuseModel, check_eos, mask_tokens, masked_token_loss
     from .vq import WorldVQModel
 
     torch.manual_seed(recipe.seed)
     vq = WorldVQModel.from_pretrained(vq_dir / "vqvae", local_files_only=True).eval()
     text_encoder = clip_text_encoder(clip_dir / "clip")
     tokenizer = CLIPTokenizer.from_pretrained(clip_dir / "clip", local_files_only=True)
-    if text_encoder.config.eos_token_id != tokenizer.eos_token_id:  # CLIP would pool position 0 for every prompt
-        raise ValueError(
-            f"{clip_dir / 'clip'}: tokenizer eos id {tokenizer.eos_token_id} != text encoder's "
-            f"{text_encoder.config.eos_token_id}; the tokenizer is not the one this CLIP was trained with"
-        )
+    check_eos(text_encoder, tokenizer, str(clip_dir / "clip"))
     codebook = vq.config.num_vq_embeddings
     text = text_encoder.config
     transformer = UVit2DModel(
