@@ -144,6 +144,47 @@ def test_world_vq_saves_loads_and_decodes_like_a_vqmodel(tmp_path):
     assert torch.allclose(decoded, reference, atol=1e-5)
 
 
+def test_world_transformer_knows_where_each_token_is_and_saves_like_a_uvit(tmp_path):
+    from diffusers import UVit2DModel
+
+    from stylecraft.muse import _transformer_class
+    from stylecraft.world.transformer import WorldUVit2DModel
+
+    config = dict(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, in_channels=16,
+        block_out_channels=16, block_num_heads=2, num_res_blocks=1, micro_cond_encode_dim=4, micro_cond_embed_dim=20,
+        vocab_size=17, codebook_size=16, encoder_hidden_size=8, cond_embed_dim=8, sample_size=6,
+    )  # fmt: skip
+    inputs = dict(
+        input_ids=torch.full((1, 6, 6), 16),  # every token masked, as at the first sampling step
+        encoder_hidden_states=torch.randn(1, 5, 8),
+        pooled_text_emb=torch.randn(1, 8),
+        micro_conds=torch.tensor([[6.0, 6.0, 0.0, 0.0, 6.0]]),
+    )
+
+    def interior_logits(model):
+        with torch.no_grad():
+            return model(**inputs)[0, :, 2:4, 2:4].flatten(1)  # the 2×2 centre, out of the padding's reach
+
+    torch.manual_seed(0)
+    plain = UVit2DModel(**config).eval()
+    torch.manual_seed(0)
+    world = WorldUVit2DModel(**config).eval()
+    assert isinstance(world, UVit2DModel)
+    # Why the class exists: without a position table, the centre tokens of an all-masked grid are identical.
+    centre = interior_logits(plain)
+    assert torch.allclose(centre, centre[:, :1].expand_as(centre), atol=1e-6)
+    centre = interior_logits(world)
+    assert not torch.allclose(centre, centre[:, :1].expand_as(centre), atol=1e-4)
+
+    world.save_pretrained(tmp_path / "transformer")
+    assert _transformer_class(tmp_path) is WorldUVit2DModel  # the loader picks the class the config names
+    loaded = WorldUVit2DModel.from_pretrained(tmp_path / "transformer", local_files_only=True).eval()
+    assert torch.allclose(interior_logits(loaded), centre, atol=1e-5)
+    with pytest.raises(ValueError, match="position table"):
+        loaded(**{**inputs, "input_ids": torch.full((1, 4, 4), 16)})
+
+
 def test_glyph_is_a_new_shape_the_detector_and_oracles_can_judge():
     from stylecraft.evaluation import measure_glyph
     from stylecraft.world import GLYPH_WORDS, glyph_caption, render_glyphs

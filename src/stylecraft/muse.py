@@ -373,24 +373,34 @@ def check_eos(text_encoder, tokenizer, where: str) -> None:
         )
 
 
-def _vq_class(source: str | Path) -> type[VQModel]:
-    """The VQ class a local folder's vqvae/config.json names (the shapes world ships its own ``VQModel``
-    subclass); diffusers' ``VQModel`` for hub ids and every other folder."""
-    config = Path(str(source)) / "vqvae" / "config.json"
+def _saved_class(source: str | Path, subfolder: str, default: type, pick):
+    """The class a local folder's ``{subfolder}/config.json`` names (the shapes world ships its own subclasses of
+    ``VQModel`` and ``UVit2DModel``): ``pick(config)``; ``default`` for hub ids and unreadable configs."""
+    config = Path(str(source)) / subfolder / "config.json"
     if not config.is_file():
-        return VQModel
+        return default
+    try:
+        return pick(json.loads(config.read_text()))
+    except json.JSONDecodeError:
+        return default  # from_pretrained reports the broken file
+
+
+def _vq_class(source: str | Path) -> type[VQModel]:
     from .world.vq import vq_class
 
-    try:
-        return vq_class(json.loads(config.read_text()))
-    except json.JSONDecodeError:
-        return VQModel  # from_pretrained reports the broken file
+    return _saved_class(source, "vqvae", VQModel, vq_class)
+
+
+def _transformer_class(source: str | Path) -> type[UVit2DModel]:
+    from .world.transformer import transformer_class
+
+    return _saved_class(source, "transformer", UVit2DModel, transformer_class)
 
 
 def _load_folder(source: str | Path, name: str, device, dtype) -> MuseModel:
     kwargs = {"local_files_only": Path(str(source)).is_dir()}
     try:
-        transformer = UVit2DModel.from_pretrained(source, subfolder="transformer", **kwargs)
+        transformer = _transformer_class(source).from_pretrained(source, subfolder="transformer", **kwargs)
         vqvae = _vq_class(source).from_pretrained(source, subfolder="vqvae", **kwargs)
         text_encoder = CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder", **kwargs)
         tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs)

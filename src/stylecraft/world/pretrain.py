@@ -453,10 +453,11 @@ def clip_text_encoder(folder: str | Path):
 
 # ---- Muse-mini ---------------------------------------------------------------------------------------------------
 def train_muse(recipe: Recipe, out: Path, resume: bool, vq_dir: Path, clip_dir: Path, oracles: Path) -> None:
-    from diffusers import AmusedScheduler, UVit2DModel
+    from diffusers import AmusedScheduler
     from transformers import CLIPTokenizer
 
     from ..muse import MuseModel, check_eos, mask_tokens, masked_token_loss
+    from .transformer import WorldUVit2DModel
     from .vq import WorldVQModel
 
     torch.manual_seed(recipe.seed)
@@ -466,7 +467,7 @@ def train_muse(recipe: Recipe, out: Path, resume: bool, vq_dir: Path, clip_dir: 
     check_eos(text_encoder, tokenizer, str(clip_dir / "clip"))
     codebook = vq.config.num_vq_embeddings
     text = text_encoder.config
-    transformer = UVit2DModel(
+    transformer = WorldUVit2DModel(
         **recipe.model,
         vocab_size=codebook + 1,
         codebook_size=codebook,
