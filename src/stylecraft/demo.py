@@ -11,7 +11,7 @@ import html
 import time
 from pathlib import Path
 
-from .evaluation import generate, make_task, measure
+from .evaluation import GUIDANCE, LAMBDA_A, generate, make_task, measure
 from .io import make_grid, output_dir, save_png, write_json
 from .sampling import SamplingConfig
 from .training import load_recipe, train_adapter
@@ -47,7 +47,7 @@ def run_demo(
     task = make_task(style)
     oracles, scorer = load_oracles(), load_scorer()
     recipe = load_recipe("shapes-round1", steps=steps)
-    sampling = SamplingConfig(steps=12, guidance_scale=4.0, lambda_a=1.0)
+    sampling = SamplingConfig(steps=12, guidance_scale=GUIDANCE, lambda_a=LAMBDA_A)  # as the eval harness
     with output_dir(out, overwrite=overwrite) as folder:
         save_png(task.reference, folder / "reference.png", {"prompt": task.reference_prompt})
         adapted = train_adapter(

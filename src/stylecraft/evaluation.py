@@ -114,7 +114,7 @@ METHODS: dict[str, str | None] = {
     "LoRA (aMUSEd recipe)": "shapes-lora",
     "full fine-tuning": "shapes-full",
 }
-GUIDANCE = 4.0  # Muse CFG scale of every row (λB = 3)
+GUIDANCE = 2.0  # Muse CFG scale of every row (λB = 1); chosen on a development sweep (seed 777, not EVAL_SEED)
 LAMBDA_A = 1.0  # StyleDrop style guidance of the adapter rows
 
 
