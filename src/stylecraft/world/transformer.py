@@ -43,6 +43,7 @@ class WorldUVit2DModel(UVit2DModel):
     """``UVit2DModel`` whose token embedding adds a learned position table; ``sample_size`` is the token grid's
     side. Same arguments and defaults as ``UVit2DModel``."""
 
+    # Spelled out, not **kwargs: ConfigMixin saves and reloads exactly the arguments this signature names.
     @register_to_config
     def __init__(
         self,
@@ -69,30 +70,7 @@ class WorldUVit2DModel(UVit2DModel):
         ln_elementwise_affine: bool = True,
         sample_size: int = 64,
     ):
-        super().__init__(
-            hidden_size=hidden_size,
-            use_bias=use_bias,
-            hidden_dropout=hidden_dropout,
-            cond_embed_dim=cond_embed_dim,
-            micro_cond_encode_dim=micro_cond_encode_dim,
-            micro_cond_embed_dim=micro_cond_embed_dim,
-            encoder_hidden_size=encoder_hidden_size,
-            vocab_size=vocab_size,
-            codebook_size=codebook_size,
-            in_channels=in_channels,
-            block_out_channels=block_out_channels,
-            num_res_blocks=num_res_blocks,
-            downsample=downsample,
-            upsample=upsample,
-            block_num_heads=block_num_heads,
-            num_hidden_layers=num_hidden_layers,
-            num_attention_heads=num_attention_heads,
-            attention_dropout=attention_dropout,
-            intermediate_size=intermediate_size,
-            layer_norm_eps=layer_norm_eps,
-            ln_elementwise_affine=ln_elementwise_affine,
-            sample_size=sample_size,
-        )
+        super().__init__(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
         self.embed = _PositionalConvEmbed(
             in_channels, block_out_channels, vocab_size, ln_elementwise_affine, layer_norm_eps, use_bias, sample_size
         )

@@ -1,0 +1,230 @@
+"""Development checks of the shapes world's Muse-mini, on seeds kept apart from every evaluation seed.
+
+The checks behind the sampling choices in docs/world.md and the model card (guidance 2) and behind the closing
+notes' diagnoses. Each prints oracle accuracies; none writes anything.
+
+    python scripts/muse_dev_checks.py guidance                 # base model, CFG 1-5 (seed 777)
+    python scripts/muse_dev_checks.py by-size                  # shape accuracy, small vs large, vs the VQ (778)
+    python scripts/muse_dev_checks.py temperature              # sampler temperature and step count (778)
+    python scripts/muse_dev_checks.py adapters                 # Round-1 adapters on the held-out styles (777)
+    python scripts/muse_dev_checks.py adapters --recipe FILE   # ... with another adapter recipe
+    python scripts/muse_dev_checks.py glyph                    # content adapter alone, its own prompt (777)
+    python scripts/muse_dev_checks.py mix                      # Eq. 5-6 over γ, content recipe shapes-round2 (777)
+
+``--model`` takes any Muse folder (default: the shipped one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+
+import numpy as np
+import torch
+
+DEV_SEED = 777  # never EVAL_SEED (evaluation.py, world/pretrain.py)
+
+
+def _rounded(metrics: dict) -> dict:
+    return {k: round(v, 3) for k, v in metrics.items() if k != "num_images"}
+
+
+def guidance(model, args) -> None:
+    from stylecraft.sampling import SamplingConfig, sample_images
+    from stylecraft.world import SEEN_STYLES, sample_scenes
+    from stylecraft.world.oracles import load_oracles, oracle_accuracy
+
+    scenes = sample_scenes(64, np.random.default_rng(DEV_SEED), SEEN_STYLES)
+    for g in (1.0, 1.5, 2.0, 3.0, 4.0, 5.0):
+        config = SamplingConfig(steps=12, guidance_scale=g)
+        images = sample_images(model, scenes.captions(), config, generator=torch.Generator().manual_seed(5))
+        print("guidance", g, _rounded(oracle_accuracy(load_oracles(), images, scenes.labels())), flush=True)
+
+
+def _shape_by_size(model, config, oracles):
+    from stylecraft.sampling import sample_images
+    from stylecraft.world import SEEN_STYLES, sample_scenes
+
+    scenes = sample_scenes(128, np.random.default_rng(DEV_SEED + 1), SEEN_STYLES)
+    labels = scenes.labels()
+    images = sample_images(model, scenes.captions(), config, generator=torch.Generator().manual_seed(6))
+    predicted = oracles.predict(images)
+    small = labels["size"] == 0
+    right = predicted["shape"] == labels["shape"]
+    line = {"shape": right.mean(), "small": right[small].mean(), "large": right[~small].mean()}
+    line.update(
+        colour=(predicted["colour"] == labels["colour"]).mean(), style=(predicted["style"] == labels["style"]).mean()
+    )
+    print(f"steps {config.steps} temperature {config.temperature}", _rounded({k: float(v) for k, v in line.items()}))
+    return scenes, labels
+
+
+def by_size(model, args) -> None:
+    from stylecraft.sampling import SamplingConfig
+    from stylecraft.world import render
+    from stylecraft.world.oracles import load_oracles
+    from stylecraft.world.pretrain import to_tensor
+
+    oracles = load_oracles()
+    scenes, labels = _shape_by_size(model, SamplingConfig(steps=12, guidance_scale=2.0), oracles)
+    with torch.no_grad():
+        reconstructions = model.decode_tokens(model.encode_images(to_tensor(render(scenes, DEV_SEED + 1))))
+    right = oracles.predict(reconstructions)["shape"] == labels["shape"]
+    small = labels["size"] == 0
+    print("VQ reconstructions", _rounded({"small": float(right[small].mean()), "large": float(right[~small].mean())}))
+
+
+def temperature(model, args) -> None:
+    from stylecraft.sampling import SamplingConfig
+    from stylecraft.world.oracles import load_oracles
+
+    oracles = load_oracles()
+    for start, steps in ((2.0, 12), (1.0, 12), (4.0, 12), (0.5, 12), (2.0, 24), (1.0, 24)):
+        _shape_by_size(model, SamplingConfig(steps=steps, guidance_scale=2.0, temperature=[start, 0.0]), oracles)
+
+
+def adapters(model, args) -> None:
+    from stylecraft.api import load
+    from stylecraft.evaluation import generate, make_task, measure
+    from stylecraft.sampling import SamplingConfig
+    from stylecraft.training import load_recipe, train_adapter
+    from stylecraft.world import HELD_OUT_STYLES
+    from stylecraft.world.oracles import load_oracles
+
+    oracles = load_oracles()
+    for style in HELD_OUT_STYLES:
+        task, muse = make_task(style), load(args.model)
+        adapted = train_adapter(
+            muse,
+            [task.reference],
+            [task.reference_prompt],
+            load_recipe(args.recipe),
+            tempfile.mkdtemp(),
+            progress=False,
+        )
+        for g in (2.0, 3.0, 4.0):
+            for lambda_a in (1.0, 2.0):
+                config = SamplingConfig(steps=12, guidance_scale=g, lambda_a=lambda_a)
+                images, prompts = generate(
+                    muse, task.prompts, 2, config, model=adapted, adapter="adapter", seed=DEV_SEED
+                )
+                print(
+                    style, f"guidance {g} λA {lambda_a}", _rounded(measure(images, prompts, task, oracles)), flush=True
+                )
+
+
+def _glyph_adapter(args, recipe: str) -> str:
+    from PIL import Image
+
+    from stylecraft.api import load
+    from stylecraft.evaluation import GLYPH_COLOUR, GLYPH_RENDERS
+    from stylecraft.training import load_recipe, train_adapter
+    from stylecraft.world import glyph_caption, render_glyphs
+
+    glyphs, _ = render_glyphs(GLYPH_RENDERS, seed=0, colour=GLYPH_COLOUR, size="large", styles=("flat color",))
+    folder = tempfile.mkdtemp()
+    images = [Image.fromarray(a) for a in glyphs]
+    train_adapter(
+        load(args.model),
+        images,
+        [glyph_caption(GLYPH_COLOUR)] * GLYPH_RENDERS,
+        load_recipe(recipe),
+        folder,
+        progress=False,
+    )
+    return folder
+
+
+def glyph(model, args) -> None:
+    from stylecraft.api import sample
+    from stylecraft.evaluation import GLYPH_COLOUR, measure_glyph
+    from stylecraft.sampling import SamplingConfig
+    from stylecraft.world import glyph_caption
+    from stylecraft.world.oracles import load_glyph_oracle, load_oracles
+
+    for recipe in ("shapes-round1", "shapes-round2", "shapes-full"):
+        folder = _glyph_adapter(args, recipe)
+        for g in (2.0, 4.0):
+            config = SamplingConfig(steps=12, guidance_scale=g, lambda_a=1.0)
+            images = sample(
+                model,
+                [glyph_caption(GLYPH_COLOUR)],
+                config=config,
+                adapter=folder,
+                num_images=16,
+                seed=DEV_SEED,
+                progress=False,
+            )
+            print(
+                recipe,
+                "guidance",
+                g,
+                _rounded(measure_glyph(images, "flat color", load_oracles(), load_glyph_oracle())),
+                flush=True,
+            )
+
+
+def mix(model, args) -> None:
+    from stylecraft.api import load, sample
+    from stylecraft.evaluation import GLYPH_COLOUR, make_task, measure_glyph
+    from stylecraft.sampling import SamplingConfig
+    from stylecraft.training import load_recipe, train_adapter
+    from stylecraft.world import glyph_caption
+    from stylecraft.world.oracles import load_glyph_oracle, load_oracles
+
+    style = "neon glow"
+    task, style_folder = make_task(style), tempfile.mkdtemp()
+    train_adapter(
+        load(args.model),
+        [task.reference],
+        [task.reference_prompt],
+        load_recipe("shapes-round1"),
+        style_folder,
+        progress=False,
+    )
+    content_folder = _glyph_adapter(args, "shapes-round2")
+    for g in (2.0, 3.0):
+        for gamma in (0.3, 0.5, 0.7, 0.85):
+            images = sample(
+                model,
+                [glyph_caption(GLYPH_COLOUR, style=style)],
+                config=SamplingConfig(steps=12, guidance_scale=g, gamma=gamma),
+                style_adapter=style_folder,
+                content_adapter=content_folder,
+                style_descriptor=style,
+                num_images=16,
+                seed=DEV_SEED,
+                progress=False,
+            )
+            print(
+                f"guidance {g} γ {gamma}",
+                _rounded(measure_glyph(images, style, load_oracles(), load_glyph_oracle())),
+                flush=True,
+            )
+
+
+CHECKS = {
+    "guidance": guidance,
+    "by-size": by_size,
+    "temperature": temperature,
+    "adapters": adapters,
+    "glyph": glyph,
+    "mix": mix,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("check", choices=list(CHECKS))
+    parser.add_argument("--model", default=None, help="Muse folder (default: the shipped shapes model)")
+    parser.add_argument("--recipe", default="shapes-round1", help="adapter recipe for `adapters`")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from stylecraft.api import load
+
+    CHECKS[args.check](load(args.model), args)
+
+
+if __name__ == "__main__":
+    main()
