@@ -6,7 +6,8 @@ notes' diagnoses. Each prints oracle accuracies; none writes anything.
     python scripts/muse_dev_checks.py guidance                 # base model, CFG 1-5 (seed 777)
     python scripts/muse_dev_checks.py by-size                  # shape accuracy, small vs large, vs the VQ (778)
     python scripts/muse_dev_checks.py temperature              # sampler temperature and step count (778)
-    python scripts/muse_dev_checks.py adapters                 # Round-1 adapters on the held-out styles (777)
+    python scripts/muse_dev_checks.py adapters                 # Round-1 adapters on the held-out styles (777),
+                                                               # --guidance G.. --lambda-a L.. (default 2; 0.5 1 2)
     python scripts/muse_dev_checks.py adapters --recipe FILE   # ... with another adapter recipe
     python scripts/muse_dev_checks.py glyph                    # content adapter alone, its own prompt (777)
     python scripts/muse_dev_checks.py mix                      # Eq. 5-6 over γ, content recipe shapes-round2 (777)
@@ -92,6 +93,8 @@ def adapters(model, args) -> None:
     from stylecraft.world.oracles import load_oracles
 
     oracles = load_oracles()
+    settings = [(g, lambda_a) for g in args.guidance for lambda_a in args.lambda_a]
+    results: dict[tuple, list[dict]] = {s: [] for s in settings}
     for style in HELD_OUT_STYLES:
         task, muse = make_task(style), load(args.model)
         adapted = train_adapter(
@@ -102,15 +105,15 @@ def adapters(model, args) -> None:
             tempfile.mkdtemp(),
             progress=False,
         )
-        for g in (2.0, 3.0, 4.0):
-            for lambda_a in (1.0, 2.0):
-                config = SamplingConfig(steps=12, guidance_scale=g, lambda_a=lambda_a)
-                images, prompts = generate(
-                    muse, task.prompts, 2, config, model=adapted, adapter="adapter", seed=DEV_SEED
-                )
-                print(
-                    style, f"guidance {g} λA {lambda_a}", _rounded(measure(images, prompts, task, oracles)), flush=True
-                )
+        for g, lambda_a in settings:
+            config = SamplingConfig(steps=12, guidance_scale=g, lambda_a=lambda_a)
+            images, prompts = generate(muse, task.prompts, 2, config, model=adapted, adapter="adapter", seed=args.seed)
+            metrics = measure(images, prompts, task, oracles)
+            results[(g, lambda_a)].append(metrics)
+            print(style, f"guidance {g} λA {lambda_a}", _rounded(metrics), flush=True)
+    for (g, lambda_a), rows in results.items():
+        mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "num_images"}
+        print("mean", f"guidance {g} λA {lambda_a}", _rounded(mean), flush=True)
 
 
 def _glyph_adapter(args, recipe: str) -> str:
@@ -218,6 +221,9 @@ def main() -> None:
     parser.add_argument("check", choices=list(CHECKS))
     parser.add_argument("--model", default=None, help="Muse folder (default: the shipped shapes model)")
     parser.add_argument("--recipe", default="shapes-round1", help="adapter recipe for `adapters`")
+    parser.add_argument("--seed", type=int, default=DEV_SEED, help="sampling seed for `adapters` (never EVAL_SEED)")
+    parser.add_argument("--guidance", type=float, nargs="+", default=[2.0], help="CFG scales for `adapters`")
+    parser.add_argument("--lambda-a", type=float, nargs="+", default=[0.5, 1.0, 2.0], help="λA values for `adapters`")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
