@@ -11,6 +11,8 @@ notes' diagnoses. Each prints oracle accuracies; none writes anything.
     python scripts/muse_dev_checks.py adapters --recipe FILE   # ... with another adapter recipe
     python scripts/muse_dev_checks.py glyph                    # content adapter alone, its own prompt (777)
     python scripts/muse_dev_checks.py mix                      # Eq. 5-6 over γ, content recipe shapes-round2 (777)
+    python scripts/muse_dev_checks.py feedback --lambda-a 1    # Round 1 vs Round 2 (CLIP picks), candidates
+                                                               # drawn at λA 1; --round2-recipe R (777)
 
 ``--model`` takes any Muse folder (default: the shipped one).
 """
@@ -206,6 +208,45 @@ def mix(model, args) -> None:
             )
 
 
+def feedback(model, args) -> None:
+    """Round 1 vs Round 2 (CLIP picks, 4 candidates per feedback prompt drawn at ``--lambda-a``[0]); Round 2 trains
+    with ``--round2-recipe``; both judged at the evaluation λA on the held-out styles' prompts (seed ``--seed``)."""
+    from pathlib import Path
+
+    from stylecraft.evaluation import GUIDANCE, LAMBDA_A, generate, make_task, measure
+    from stylecraft.feedback import SHAPES_WORLD_CONTENT, generate_candidates, select, train_round
+    from stylecraft.sampling import SamplingConfig
+    from stylecraft.training import load_recipe, train_adapter
+    from stylecraft.world import HELD_OUT_STYLES
+    from stylecraft.world.oracles import load_oracles
+
+    oracles, rows = load_oracles(), {"Round 1": [], "Round 2": []}
+    evaluation = SamplingConfig(steps=12, guidance_scale=GUIDANCE, lambda_a=LAMBDA_A)
+    candidates = SamplingConfig(steps=12, guidance_scale=GUIDANCE, lambda_a=args.lambda_a[0])
+    for style in HELD_OUT_STYLES:
+        task, base = make_task(style), Path(tempfile.mkdtemp())
+        round1 = train_adapter(
+            model, [task.reference], [task.reference_prompt], load_recipe(args.recipe), base / "r1", progress=False
+        )
+        prompts = [f"{content} in {style} style" for content in SHAPES_WORLD_CONTENT]
+        generate_candidates(
+            model, base / "r1", prompts, base / "round2", style, per_prompt=4, config=candidates, progress=False
+        )
+        picks = select(base / "round2", "clip")
+        round2 = train_round(
+            model, base / "round2", picks, recipe=args.round2_recipe, progress=False, adapter_dir=base / "r2"
+        )
+        for name, adapted in (("Round 1", round1), ("Round 2", round2)):
+            images, prompts_ = generate(
+                model, task.prompts, 2, evaluation, model=adapted, adapter="adapter", seed=args.seed
+            )
+            rows[name].append(measure(images, prompts_, task, oracles))
+            print(style, name, _rounded(rows[name][-1]), flush=True)
+    for name, metrics in rows.items():
+        mean = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0] if k != "num_images"}
+        print("mean", name, _rounded(mean), flush=True)
+
+
 CHECKS = {
     "guidance": guidance,
     "by-size": by_size,
@@ -213,6 +254,7 @@ CHECKS = {
     "adapters": adapters,
     "glyph": glyph,
     "mix": mix,
+    "feedback": feedback,
 }
 
 
@@ -221,6 +263,7 @@ def main() -> None:
     parser.add_argument("check", choices=list(CHECKS))
     parser.add_argument("--model", default=None, help="Muse folder (default: the shipped shapes model)")
     parser.add_argument("--recipe", default="shapes-round1", help="adapter recipe for `adapters`")
+    parser.add_argument("--round2-recipe", default="shapes-round2", help="Round-2 adapter recipe for `feedback`")
     parser.add_argument("--seed", type=int, default=DEV_SEED, help="sampling seed for `adapters` (never EVAL_SEED)")
     parser.add_argument("--guidance", type=float, nargs="+", default=[2.0], help="CFG scales for `adapters`")
     parser.add_argument("--lambda-a", type=float, nargs="+", default=[0.5, 1.0, 2.0], help="λA values for `adapters`")
