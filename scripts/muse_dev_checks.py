@@ -32,6 +32,11 @@ def _rounded(metrics: dict) -> dict:
     return {k: round(v, 3) for k, v in metrics.items() if k != "num_images"}
 
 
+def _mean(rows: list[dict]) -> dict:
+    """The mean of each metric over ``rows`` (one dict of metrics per style)."""
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "num_images"}
+
+
 def guidance(model, args) -> None:
     from stylecraft.sampling import SamplingConfig, sample_images
     from stylecraft.world import SEEN_STYLES, sample_scenes
@@ -114,8 +119,7 @@ def adapters(model, args) -> None:
             results[(g, lambda_a)].append(metrics)
             print(style, f"guidance {g} λA {lambda_a}", _rounded(metrics), flush=True)
     for (g, lambda_a), rows in results.items():
-        mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "num_images"}
-        print("mean", f"guidance {g} λA {lambda_a}", _rounded(mean), flush=True)
+        print("mean", f"guidance {g} λA {lambda_a}", _rounded(_mean(rows)), flush=True)
 
 
 def _glyph_adapter(args, recipe: str) -> str:
@@ -243,8 +247,7 @@ def feedback(model, args) -> None:
             rows[name].append(measure(images, prompts_, task, oracles))
             print(style, name, _rounded(rows[name][-1]), flush=True)
     for name, metrics in rows.items():
-        mean = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0] if k != "num_images"}
-        print("mean", name, _rounded(mean), flush=True)
+        print("mean", name, _rounded(_mean(metrics)), flush=True)
 
 
 CHECKS = {
@@ -264,9 +267,17 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="Muse folder (default: the shipped shapes model)")
     parser.add_argument("--recipe", default="shapes-round1", help="adapter recipe for `adapters`")
     parser.add_argument("--round2-recipe", default="shapes-round2", help="Round-2 adapter recipe for `feedback`")
-    parser.add_argument("--seed", type=int, default=DEV_SEED, help="sampling seed for `adapters` (never EVAL_SEED)")
+    parser.add_argument(
+        "--seed", type=int, default=DEV_SEED, help="sampling seed for `adapters`, `feedback` (never EVAL_SEED)"
+    )
     parser.add_argument("--guidance", type=float, nargs="+", default=[2.0], help="CFG scales for `adapters`")
-    parser.add_argument("--lambda-a", type=float, nargs="+", default=[0.5, 1.0, 2.0], help="λA values for `adapters`")
+    parser.add_argument(
+        "--lambda-a",
+        type=float,
+        nargs="+",
+        default=[0.5, 1.0, 2.0],
+        help="λA values for `adapters`; `feedback` draws candidates at the first",
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -157,6 +157,8 @@ def test_world_vq_saves_loads_and_decodes_like_a_vqmodel(tmp_path, residual_leve
     assert isinstance(vq, VQModel)
     # one residual block per resolution that has them: 8 and 16 px by default, every level when asked
     assert sum(isinstance(m, _Residual) for m in vq.decoder.modules()) == residual_levels
+    with pytest.raises(ValueError, match="decoder_residual_levels must be between 1 and 4"):
+        WorldVQModel(block_out_channels=(8, 8, 16, 16), decoder_residual_levels=5)
     vq.save_pretrained(tmp_path / "vqvae")
     assert _vq_class(tmp_path) is WorldVQModel  # the loader picks the class the config names
     loaded = WorldVQModel.from_pretrained(tmp_path / "vqvae", local_files_only=True).eval()

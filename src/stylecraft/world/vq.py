@@ -66,6 +66,11 @@ class _Decoder(nn.Module):
         self, in_channels: int, channels: tuple[int, ...], blocks: int, out_channels: int, residual_levels: int = 2
     ):
         super().__init__()
+        if not 1 <= residual_levels <= len(channels):
+            raise ValueError(
+                f"decoder_residual_levels must be between 1 and {len(channels)} (one per resolution of "
+                f"block_out_channels {tuple(channels)}), got {residual_levels}"
+            )
         top = len(channels) - 1
         layers: list[nn.Module] = [nn.Conv2d(in_channels, channels[top], 3, padding=1)]
         layers += [_Residual(channels[top]) for _ in range(blocks)]
