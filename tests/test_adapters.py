@@ -61,6 +61,34 @@ def test_fresh_adapter_is_a_no_op_and_rows_are_routed(muse, adapter_type):
     torch.testing.assert_close(muse.transformer(ids, hidden, pooled, micro), base, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("adapter_type", ["styledrop", "lora"])
+def test_wrappers_reusing_one_base_each_apply_their_own_adapter(muse, adapter_type):
+    """A loaded base is reused across calls (the Python API, the feedback page): a later wrapper's adapter must
+    act, an earlier one's must not, and wrappers must not pile hooks onto the shared transformer."""
+    ids, hidden, pooled, micro = _inputs(muse)
+    first = AdaptedTransformer(muse)
+    first.add_adapter("adapter", first.new_config(adapter_type, rank=4))
+    _perturb(first, "adapter", 1)
+    base = first([None] * 3, ids, hidden, pooled, micro)
+    from_first = first(["adapter"] * 3, ids, hidden, pooled, micro)
+
+    def hooks() -> int:
+        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in muse.transformer.modules())
+
+    count = hooks()
+    second = AdaptedTransformer(muse)
+    second.add_adapter("adapter", second.new_config(adapter_type, rank=4))
+    _perturb(second, "adapter", 2)
+    from_second = second(["adapter"] * 3, ids, hidden, pooled, micro)
+    assert not torch.allclose(from_second, base, atol=1e-4)
+    assert not torch.allclose(from_second, from_first, atol=1e-4)
+    torch.testing.assert_close(second([None] * 3, ids, hidden, pooled, micro), base, atol=1e-5, rtol=1e-5)
+    for _ in range(3):
+        AdaptedTransformer(muse)
+    assert hooks() == count
+    torch.testing.assert_close(muse.transformer(ids, hidden, pooled, micro), base, atol=1e-5, rtol=1e-5)
+
+
 def test_two_named_adapters_share_one_base(muse):
     model = AdaptedTransformer(muse)
     model.add_adapter("style", model.new_config("styledrop", rank=4, shared=True))

@@ -101,9 +101,16 @@ class AdaptedTransformer(nn.Module):
         self.configs: dict[str, AdapterConfig] = {}
         self.base_name, self.base_fingerprint = muse.name, muse.fingerprint
         self._rows: list[str | None] | None = None
-        for index, layer in enumerate(self.transformer.transformer_layers):
-            for site, attribute in enumerate(STYLEDROP_SITES):
-                getattr(layer, attribute).register_forward_hook(partial(self._styledrop_hook, index, site))
+        # The hooks live on the base transformer, once however many wrappers share it, and act for the wrapper that
+        # is routing the current forward (none: they pass the base output through). Hooks bound to each wrapper
+        # would pile up on a reused base, and a LoRA layer's single hook would keep serving the first wrapper only.
+        if not self.transformer.__dict__.get("_stylecraft_hooked", False):
+            for index, layer in enumerate(self.transformer.transformer_layers):
+                for site, attribute in enumerate(STYLEDROP_SITES):
+                    getattr(layer, attribute).register_forward_hook(
+                        partial(_styledrop_hook, self.transformer, index, site)
+                    )
+            object.__setattr__(self.transformer, "_stylecraft_hooked", True)  # a plain attribute, not a submodule
 
     # ---- adding, saving, loading -------------------------------------------------------------------------
     def new_config(self, adapter_type: str = "styledrop", rank: int = 4, shared: bool = False, **kwargs):
@@ -143,7 +150,7 @@ class AdaptedTransformer(nn.Module):
             inject_adapter_in_model(lora, self.transformer, adapter_name=name)
             for module in self.transformer.modules():
                 if isinstance(module, LoraLayer) and not getattr(module, "_stylecraft_routed", False):
-                    module.register_forward_pre_hook(self._lora_hook, with_kwargs=True)
+                    module.register_forward_pre_hook(partial(_lora_hook, self.transformer), with_kwargs=True)
                     module._stylecraft_routed = True
             self.lora_names.append(name)
         self.configs[name] = config
@@ -225,28 +232,21 @@ class AdaptedTransformer(nn.Module):
             raise StylecraftError(
                 "a fully fine-tuned transformer has no base model left for guidance terms; sample it with plain CFG"
             )
+        previous = self.transformer.__dict__.get("_stylecraft_router")
+        object.__setattr__(self.transformer, "_stylecraft_router", self)
         self._rows = list(rows)
         try:
             yield
         finally:
             self._rows = None
+            object.__setattr__(self.transformer, "_stylecraft_router", previous)
 
-    def _lora_hook(self, module, args, kwargs):
-        # Each row's LoRA: "__base__" = none. Outside a routed forward every row is "__base__", so the plain
-        # transformer stays the base model. A batch with one choice for every row takes peft's ordinary path (no
-        # per-row copies: training, plain sampling); a mixed batch takes peft's mixed-batch ``adapter_names`` path.
-        rows = self._rows or [None] * args[0].shape[0]
-        names = [r if r in self.lora_names else "__base__" for r in rows]
-        if len(set(names)) == 1:
-            module._disable_adapters = names[0] == "__base__"
-            if names[0] != "__base__":
-                module._active_adapter = [names[0]]
-            return args, kwargs
-        module._disable_adapters = False
-        kwargs["adapter_names"] = names
-        return args, kwargs
+    def _lora_names(self, batch: int) -> list[str]:
+        """The LoRA of each row of a forward ("__base__": none); outside a routed forward every row is the base."""
+        rows = self._rows or [None] * batch
+        return [r if r in self.lora_names else "__base__" for r in rows]
 
-    def _styledrop_hook(self, layer: int, site: int, module, args, output: torch.Tensor) -> torch.Tensor:
+    def _add_styledrop(self, layer: int, site: int, output: torch.Tensor) -> torch.Tensor:
         if not self._rows or not self.styledrop:
             return output
         rows = self._rows
@@ -265,6 +265,32 @@ class AdaptedTransformer(nn.Module):
         """The base transformer's forward with per-row adapters."""
         with self.route(rows):
             return self.transformer(*args, **kwargs)
+
+
+def _router(transformer: nn.Module) -> AdaptedTransformer | None:
+    """The wrapper routing the forward that ``transformer`` is running now (None outside ``route``)."""
+    return transformer.__dict__.get("_stylecraft_router")
+
+
+def _styledrop_hook(transformer, layer: int, site: int, module, args, output: torch.Tensor) -> torch.Tensor:
+    router = _router(transformer)
+    return output if router is None else router._add_styledrop(layer, site, output)
+
+
+def _lora_hook(transformer, module, args, kwargs):
+    # A batch with one choice for every row takes peft's ordinary path (no per-row copies: training, plain
+    # sampling); a mixed batch takes peft's mixed-batch ``adapter_names`` path. Outside a routed forward every row
+    # is "__base__", so the plain transformer stays the base model.
+    router = _router(transformer)
+    names = router._lora_names(args[0].shape[0]) if router else ["__base__"] * args[0].shape[0]
+    if len(set(names)) == 1:
+        module._disable_adapters = names[0] == "__base__"
+        if names[0] != "__base__":
+            module._active_adapter = [names[0]]
+        return args, kwargs
+    module._disable_adapters = False
+    kwargs["adapter_names"] = names
+    return args, kwargs
 
 
 def read_adapter(folder: str | Path) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
