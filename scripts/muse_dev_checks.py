@@ -12,7 +12,8 @@ notes' diagnoses. Each prints oracle accuracies; none writes anything.
     python scripts/muse_dev_checks.py glyph                    # content adapter alone, its own prompt (777)
     python scripts/muse_dev_checks.py mix                      # Eq. 5-6 over γ, content recipe shapes-round2 (777)
     python scripts/muse_dev_checks.py feedback --lambda-a 1    # Round 1 vs Round 2 (CLIP picks), candidates
-                                                               # drawn at λA 1; --round2-recipe R (777)
+                                                               # drawn at λA 1; --round2-recipe R,
+                                                               # --per-prompt K (default 4) (777)
 
 ``--model`` takes any Muse folder (default: the shipped one).
 """
@@ -213,8 +214,9 @@ def mix(model, args) -> None:
 
 
 def feedback(model, args) -> None:
-    """Round 1 vs Round 2 (CLIP picks, 4 candidates per feedback prompt drawn at ``--lambda-a``[0]); Round 2 trains
-    with ``--round2-recipe``; both judged at the evaluation λA on the held-out styles' prompts (seed ``--seed``)."""
+    """Round 1 vs Round 2 (CLIP picks of ``--per-prompt`` candidates per feedback prompt, drawn at ``--lambda-a``[0]);
+    Round 2 trains with ``--round2-recipe``; both judged at the evaluation λA on the held-out styles' prompts (seed
+    ``--seed``)."""
     from pathlib import Path
 
     from stylecraft.evaluation import GUIDANCE, LAMBDA_A, generate, make_task, measure
@@ -234,7 +236,7 @@ def feedback(model, args) -> None:
         )
         prompts = [f"{content} in {style} style" for content in SHAPES_WORLD_CONTENT]
         generate_candidates(
-            model, base / "r1", prompts, base / "round2", style, per_prompt=4, config=candidates, progress=False
+            model, base / "r1", prompts, base / "round2", style, args.per_prompt, config=candidates, progress=False
         )
         picks = select(base / "round2", "clip")
         round2 = train_round(
@@ -278,6 +280,7 @@ def main() -> None:
         default=[0.5, 1.0, 2.0],
         help="λA values for `adapters`; `feedback` draws candidates at the first",
     )
+    parser.add_argument("--per-prompt", type=int, default=4, help="`feedback`: candidates per feedback prompt")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -2,7 +2,7 @@
 
 from PIL import Image
 
-from stylecraft.evaluation import make_task, markdown_table, measure
+from stylecraft.evaluation import FEEDBACK_ROWS, make_task, markdown_table, measure, run_feedback_table
 from stylecraft.world import parse_caption, render_prompts
 from stylecraft.world.oracles import load_oracles
 
@@ -22,6 +22,7 @@ def test_measure_on_ground_truth_and_on_leaking_images():
     truth = [Image.fromarray(a) for a in render_prompts(task.prompts, seed=5)]
     good = measure(truth, task.prompts, task, oracles)
     assert good["style_accuracy"] >= 0.85 and good["content_accuracy"] >= 0.85 and good["leakage"] <= 0.15
+    assert good["all_correct"] >= 0.75
     # images that copy the reference (red circles) whatever the prompt asked: all leakage, no content
     copies = [Image.fromarray(a) for a in render_prompts([task.reference_prompt] * 8, seed=6)]
     bad = measure(copies, task.prompts, task, oracles)
@@ -31,3 +32,26 @@ def test_measure_on_ground_truth_and_on_leaking_images():
 def test_markdown_table():
     lines = markdown_table({"a": {"x": 0.5}}, [("x", "X", "{:.2f}")])
     assert lines == ["| method | X |", "|---|---|", "| a | 0.50 |"]
+
+
+def test_feedback_table_reports_what_each_round_2_trained_on(tmp_path, monkeypatch):
+    """The eval-feedback harness end to end on the shipped shapes model, a few steps: rows, picks, and the
+    oracles' view of each Round-2 training set."""
+    monkeypatch.setattr("stylecraft.evaluation.LAMBDA_A_SWEEP", (0.0, 1.0))  # two points of the sweep are enough
+    results = run_feedback_table(
+        tmp_path / "fb", styles=("neon glow",), per_prompt=2, num_images=1, round1_steps=2, round2_steps=2
+    )
+    block = results["styles"]["neon glow"]
+    assert list(block["methods"]) == list(FEEDBACK_ROWS)
+    sets = block["training_sets"]
+    assert list(sets) == ["all candidates", *FEEDBACK_ROWS[1:]]
+    assert sets["all candidates"]["num_images"] == 2 * len(block["picks"]["Round 2 CLIP feedback"])
+    # the oracles pick a right candidate for every prompt that has one: no other selection has more right picks
+    oracle = sets["Round 2 oracle-picked (human stand-in)"]["all_correct"]
+    assert oracle >= sets["Round 2 CLIP feedback"]["all_correct"] and oracle >= sets["Round 2 random"]["all_correct"]
+    assert results["training_sets_mean"]["all candidates"] == {
+        key: sets["all candidates"][key] for key in results["training_sets_mean"]["all candidates"]
+    }
+    assert list(block["lambda_a_sweep"]["Round 1"]) == ["0.0", "1.0"]
+    report = (tmp_path / "fb" / "report.md").read_text()
+    assert "What each Round 2 trained on" in report and (tmp_path / "fb" / "style_vs_lambda_a.png").is_file()

@@ -71,11 +71,13 @@ def measure(images: list[Image.Image], prompts: list[str], task: StyleTask, orac
     leak = ((predicted["shape"] == ref_shape) & (want_shape != ref_shape)) | (
         (predicted["colour"] == ref_colour) & (want_colour != ref_colour)
     )
+    style_ok = predicted["style"] == ATTRIBUTES["style"].index(task.style)
     metrics = {
-        "style_accuracy": float((predicted["style"] == ATTRIBUTES["style"].index(task.style)).mean()),
+        "style_accuracy": float(style_ok.mean()),
         "shape_accuracy": float(shape_ok.mean()),
         "colour_accuracy": float(colour_ok.mean()),
         "content_accuracy": float((shape_ok & colour_ok).mean()),
+        "all_correct": float((style_ok & shape_ok & colour_ok).mean()),  # style, shape and colour all as asked
         "leakage": float(leak.mean()),
         "num_images": len(images),
     }
@@ -279,6 +281,24 @@ LAMBDA_A_SWEEP = (0.0, 0.25, 0.5, 1.0, 2.0)
 FEEDBACK_ROWS = ("Round 1", "Round 2 CLIP feedback", "Round 2 random", "Round 2 oracle-picked (human stand-in)")
 
 
+TRAINING_SET_COLUMNS = [  # the oracles on Round 2's picks (its training set)
+    ("style_accuracy", "style acc.", "{:.2f}"),
+    ("content_accuracy", "content acc.", "{:.2f}"),
+    ("all_correct", "style and content right", "{:.2f}"),
+    ("leakage", "leakage", "{:.2f}"),
+]
+
+
+def judge_candidates(round_dir, files: list[str] | None, task: StyleTask, oracles) -> dict:
+    """Oracle metrics of a round's candidates ``files`` (None: all of them), each against its own prompt."""
+    from .feedback import read_round
+
+    _, scores = read_round(round_dir)
+    files = sorted(scores) if files is None else files
+    images = [Image.open(f"{round_dir}/candidates/{f}").convert("RGB") for f in files]
+    return measure(images, [scores[f]["prompt"] for f in files], task, oracles)
+
+
 def oracle_pick(round_dir, task: StyleTask, oracles) -> list[str]:
     """Per prompt, the candidate the oracles judge right (content and style; best CLIP text score among those).
 
@@ -389,6 +409,11 @@ def run_feedback_table(
                 "prompts": task.prompts,
                 "methods": {},
                 "picks": picks,
+                # what each Round 2 trained on, judged by the oracles (and every candidate, for scale)
+                "training_sets": {
+                    "all candidates": judge_candidates(round_dir, None, task, oracles),
+                    **{row: judge_candidates(round_dir, selected, task, oracles) for row, selected in picks.items()},
+                },
                 "lambda_a_sweep": {},
             }
             for row, (model_, _) in adapters.items():
@@ -418,6 +443,13 @@ def run_feedback_table(
             }
             for row in FEEDBACK_ROWS
         }
+        results["training_sets_mean"] = {
+            row: {
+                key: float(np.mean([results["styles"][s]["training_sets"][row][key] for s in styles]))
+                for key, _, _ in TRAINING_SET_COLUMNS
+            }
+            for row in results["styles"][styles[0]]["training_sets"]
+        }
         write_json(folder / "results.json", results)
         plot_feedback(results, folder)
         (folder / "report.md").write_text(feedback_markdown(results))
@@ -439,7 +471,16 @@ def feedback_markdown(results: dict) -> str:
         f"{results['guidance']}, λA {results['lambda_a']}.",
     ]
     plots = "![style accuracy vs leakage](style_vs_leakage.png) ![style accuracy vs lambda A](style_vs_lambda_a.png)"
-    return report_markdown(results, FEEDBACK_COLUMNS, intro, after_mean=plots)
+    training = []
+    if "training_sets_mean" in results:
+        training = [
+            "",
+            "What each Round 2 trained on: the oracles on its picks (one per feedback prompt), against the prompt "
+            "each was drawn for; mean over held-out styles. A Round 2 can hardly show more style than its picks.",
+            "",
+            *markdown_table(results["training_sets_mean"], TRAINING_SET_COLUMNS),
+        ]
+    return report_markdown(results, FEEDBACK_COLUMNS, intro, after_mean="\n".join([plots, *training]))
 
 
 def plot_feedback(results: dict, folder) -> None:
