@@ -476,7 +476,7 @@ def feedback_markdown(results: dict) -> str:
         training = [
             "",
             "What each Round 2 trained on: the oracles on its picks (one per feedback prompt), against the prompt "
-            "each was drawn for; mean over held-out styles. A Round 2 can hardly show more style than its picks.",
+            "each was drawn for; mean over held-out styles. Compare each row with its Round 2 row above.",
             "",
             *markdown_table(results["training_sets_mean"], TRAINING_SET_COLUMNS),
         ]
