@@ -82,8 +82,10 @@ def sample(
 ) -> list[Image.Image]:
     """Generate ``num_images`` images per prompt; with ``out`` write NNN.png, grid.png and run.json there.
 
-    ``adapter``: StyleDrop guidance (Eq. 4). ``style_adapter`` + ``content_adapter``: Eq. 5-6 mixing, where the
-    content adapter sees the prompt without ``style_descriptor``. Images come in AmusedPipeline's order
+    ``adapter``: StyleDrop guidance (Eq. 4); a full fine-tune instead loads its weights into ``muse`` itself (it
+    has no base left to guide against), so later calls on the same ``muse`` sample the fine-tune: load a fresh base
+    for them. ``style_adapter`` + ``content_adapter``: Eq. 5-6 mixing, where the content adapter sees the prompt
+    without ``style_descriptor``. Images come in AmusedPipeline's order
     (prompts repeated), and ``seed`` seeds one ``torch.Generator('cpu')`` for the whole call.
     """
     config = config or SamplingConfig()
