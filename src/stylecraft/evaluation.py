@@ -208,16 +208,20 @@ def run_table(
                 rows.append([task.reference] + images[: len(task.prompts)])
             grid = make_grid([im.resize((96, 96), 0) for row in rows for im in row], columns=len(rows[0]))
             save_png(grid, folder / f"grid_{style.replace(' ', '-')}.png", {"rows": methods})
-        results["mean"] = {
-            method: {
-                key: float(np.mean([results["styles"][s]["methods"][method][key] for s in styles]))
-                for key in results["styles"][styles[0]]["methods"][method]
-            }
-            for method in methods
-        }
+        results["mean"] = mean_over_styles(results["styles"], "methods")
         write_json(folder / "results.json", results)
         (folder / "table.md").write_text(table_markdown(results))
     return results
+
+
+def mean_over_styles(blocks: dict, section: str, keys: tuple[str, ...] | None = None) -> dict:
+    """For each row of ``section`` (e.g. "methods") in the per-style ``blocks``, the mean of each metric over the
+    styles (``keys``; default: every metric of the first style's row)."""
+    first = next(iter(blocks.values()))[section]
+    return {
+        row: {key: float(np.mean([block[section][row][key] for block in blocks.values()])) for key in keys or metrics}
+        for row, metrics in first.items()
+    }
 
 
 TABLE_COLUMNS = [
@@ -428,28 +432,14 @@ def run_feedback_table(
                     )
                     block["lambda_a_sweep"][row][str(lambda_a)] = measure(images, prompts_, task, oracles)
             results["styles"][style] = block
-        results["mean"] = {
-            row: {
-                key: float(np.mean([results["styles"][s]["methods"][row][key] for s in styles]))
-                for key in (
-                    "style_accuracy",
-                    "shape_accuracy",
-                    "colour_accuracy",
-                    "content_accuracy",
-                    "leakage",
-                    "text_score",
-                    "style_score",
-                )
-            }
-            for row in FEEDBACK_ROWS
-        }
-        results["training_sets_mean"] = {
-            row: {
-                key: float(np.mean([results["styles"][s]["training_sets"][row][key] for s in styles]))
-                for key, _, _ in TRAINING_SET_COLUMNS
-            }
-            for row in results["styles"][styles[0]]["training_sets"]
-        }
+        results["mean"] = mean_over_styles(
+            results["styles"],
+            "methods",
+            ("style_accuracy", "shape_accuracy", "colour_accuracy", "content_accuracy", "leakage")
+            + ("text_score", "style_score"),
+        )
+        keys = tuple(key for key, _, _ in TRAINING_SET_COLUMNS)
+        results["training_sets_mean"] = mean_over_styles(results["styles"], "training_sets", keys)
         write_json(folder / "results.json", results)
         plot_feedback(results, folder)
         (folder / "report.md").write_text(feedback_markdown(results))
