@@ -6,6 +6,8 @@ notes' diagnoses. Each prints oracle accuracies; none writes anything.
     python scripts/muse_dev_checks.py guidance                 # base model, CFG 1-5 (seed 777)
     python scripts/muse_dev_checks.py by-size                  # shape accuracy, small vs large, vs the VQ (778)
     python scripts/muse_dev_checks.py temperature              # sampler temperature and step count (778)
+    python scripts/muse_dev_checks.py vq-latents               # VQ shape per style, with and without the codebook
+    python scripts/muse_dev_checks.py compare --models A B     # base models side by side, 384 prompts (779)
     python scripts/muse_dev_checks.py adapters                 # Round-1 adapters on the held-out styles (777),
                                                                # --guidance G.. --lambda-a L.. (default 2; 0.5 1 2)
     python scripts/muse_dev_checks.py adapters --recipe FILE   # ... with another adapter recipe
@@ -83,6 +85,24 @@ def by_size(model, args) -> None:
     print("VQ reconstructions", _rounded({"small": float(right[small].mean()), "large": float(right[~small].mean())}))
 
 
+def vq_latents(model, args) -> None:
+    """Oracle shape accuracy per style on 64 renders each (seed 778 000 + style index) through the VQ, and through
+    its decoder without the codebook (the encoder's latents as they are): what quantization alone loses."""
+    from stylecraft.world import STYLES, render_batch
+    from stylecraft.world.oracles import load_oracles
+    from stylecraft.world.pretrain import reconstruct, to_tensor
+
+    oracles, vq, rows = load_oracles(), model.vqvae, []
+    for k, style in enumerate(STYLES):
+        images, scenes = render_batch(64, (DEV_SEED + 1) * 1000 + k, styles=(style,))
+        with torch.no_grad():
+            unquantized = vq.decoder(vq.post_quant_conv(vq.encode(to_tensor(images)).latents)).clamp(0, 1)
+        truth = scenes.labels()["shape"]
+        rows.append([(oracles.predict(x)["shape"] == truth).mean() for x in (reconstruct(vq, images), unquantized)])
+        print(f"{style:20s} quantized {rows[-1][0]:.3f} unquantized {rows[-1][1]:.3f}", flush=True)
+    print("mean", f"quantized {np.mean([r[0] for r in rows]):.3f} unquantized {np.mean([r[1] for r in rows]):.3f}")
+
+
 def temperature(model, args) -> None:
     from stylecraft.sampling import SamplingConfig
     from stylecraft.world.oracles import load_oracles
@@ -90,6 +110,34 @@ def temperature(model, args) -> None:
     oracles = load_oracles()
     for start, steps in ((2.0, 12), (1.0, 12), (4.0, 12), (0.5, 12), (2.0, 24), (1.0, 24)):
         _shape_by_size(model, SamplingConfig(steps=steps, guidance_scale=2.0, temperature=[start, 0.0]), oracles)
+
+
+def compare(model, args) -> None:
+    """Base models side by side on 384 prompts per style group (seed 779): shape (small, large), colour, style."""
+    from stylecraft.api import load
+    from stylecraft.sampling import SamplingConfig, sample_images
+    from stylecraft.world import HELD_OUT_STYLES, SEEN_STYLES, sample_scenes
+    from stylecraft.world.oracles import load_oracles
+
+    oracles, seed, n = load_oracles(), DEV_SEED + 2, 384
+    for group, styles in (("seen", SEEN_STYLES), ("held out", HELD_OUT_STYLES)):
+        scenes = sample_scenes(n, np.random.default_rng(seed), styles)
+        labels, captions = scenes.labels(), scenes.captions()
+        for path in args.models or ["shapes"]:
+            muse, config = load(path), SamplingConfig(steps=12, guidance_scale=2.0)
+            images = torch.cat(
+                [
+                    sample_images(
+                        muse, captions[i : i + 128], config, generator=torch.Generator().manual_seed(seed + i)
+                    )
+                    for i in range(0, n, 128)
+                ]
+            )
+            predicted, small = oracles.predict(images), labels["size"] == 0
+            right = predicted["shape"] == labels["shape"]
+            line = {"shape": right.mean(), "small": right[small].mean(), "large": right[~small].mean()}
+            line.update({k: (predicted[k] == labels[k]).mean() for k in ("colour", "style")})
+            print(group, path, _rounded({k: float(v) for k, v in line.items()}), flush=True)
 
 
 def adapters(model, args) -> None:
@@ -256,6 +304,8 @@ CHECKS = {
     "guidance": guidance,
     "by-size": by_size,
     "temperature": temperature,
+    "vq-latents": vq_latents,
+    "compare": compare,
     "adapters": adapters,
     "glyph": glyph,
     "mix": mix,
@@ -281,6 +331,7 @@ def main() -> None:
         help="λA values for `adapters`; `feedback` draws candidates at the first",
     )
     parser.add_argument("--per-prompt", type=int, default=4, help="`feedback`: candidates per feedback prompt")
+    parser.add_argument("--models", nargs="+", help="`compare`: Muse folders to compare (default: the shipped one)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

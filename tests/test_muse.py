@@ -60,6 +60,24 @@ def test_cosine_mask_schedule_and_loss():
     assert masked_token_loss(logits, tokens, mask).item() < 1e-6
 
 
+def test_masked_token_loss_weights_positions():
+    generator = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, 16, (4, 2, 2), generator=generator)
+    logits = torch.randn(4, 16, 2, 2, generator=generator)
+    mask = torch.ones(4, 2, 2, dtype=torch.bool)
+    mask[0, 0, 0] = False
+    plain = masked_token_loss(logits, tokens, mask)
+    assert torch.allclose(masked_token_loss(logits, tokens, mask, torch.full((4, 2, 2), 3.0)), plain)
+    per_position = torch.nn.functional.cross_entropy(logits, tokens, reduction="none")
+    worst = (per_position * mask).flatten().argmax()
+    weights = torch.ones(16)
+    weights[worst] = 5.0
+    weighted = masked_token_loss(logits, tokens, mask, weights.reshape(4, 2, 2))
+    assert weighted > plain  # the worst-predicted position counts five times
+    expected = (per_position[mask] * weights.reshape(4, 2, 2)[mask]).sum() / weights.reshape(4, 2, 2)[mask].sum()
+    assert torch.allclose(weighted, expected)
+
+
 @pytest.mark.parametrize(
     "name, message",
     [("no/such/model/here", "not a folder"), ("./missing-folder", "not a folder")],

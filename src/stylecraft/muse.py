@@ -295,9 +295,18 @@ def mask_tokens(
     return masked.reshape_as(tokens), mask.reshape_as(tokens)
 
 
-def masked_token_loss(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy on masked positions only. logits [batch, codebook, h, w]; tokens, mask [batch, h, w]."""
-    return F.cross_entropy(logits.permute(0, 2, 3, 1)[mask].float(), tokens[mask])
+def masked_token_loss(
+    logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy on masked positions only. logits [batch, codebook, h, w]; tokens, mask [batch, h, w].
+
+    ``weights`` [batch, h, w] (optional) makes it the weighted mean over the masked positions.
+    """
+    losses = F.cross_entropy(logits.permute(0, 2, 3, 1)[mask].float(), tokens[mask], reduction="none")
+    if weights is None:
+        return losses.mean()
+    w = weights[mask].to(losses.dtype)
+    return (losses * w).sum() / w.sum()
 
 
 # ---- loading ----------------------------------------------------------------------------------------------------

@@ -259,11 +259,31 @@ def train_vq(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None:
     from .vq import WorldVQModel
 
     torch.manual_seed(recipe.seed)
-    # A later stage starts from an earlier stage's weights (``extra.init``: a vqvae folder).
+    # A later stage starts from an earlier stage's weights (``extra.init``: a vqvae folder; "shapes": the shipped VQ).
     init = recipe.extra.get("init")
+    if init == "shapes":
+        from . import shapes_model_dir
+
+        init = shapes_model_dir() / "vqvae"
+    if init and not (Path(init) / "config.json").is_file():
+        raise ValueError(
+            f"this stage starts from the VQ in {init}, which has no config.json: train that first "
+            "(python -m stylecraft.world.pretrain vq --out runs/world/vq) or set the recipe's extra.init"
+        )
     vq = WorldVQModel.from_pretrained(init, local_files_only=True) if init else WorldVQModel(**recipe.model)
     data = renderer.stream(recipe.batch_size, recipe.seed)
     restart_every = recipe.extra.get("restart_dead_codes_every", 100)
+    # ``extra.train: "decoder"`` trains the decoder alone on frozen codes: every image keeps its tokens, so a Muse
+    # trained on this VQ's tokens stays valid and only draws its tokens better.
+    decoder_only = recipe.extra.get("train", "all") == "decoder"
+    if decoder_only:
+        vq.requires_grad_(False)
+        trained = [*vq.post_quant_conv.parameters(), *vq.decoder.parameters()]
+        for param in trained:
+            param.requires_grad_(True)
+        restart_every = 0
+    else:
+        trained = list(vq.parameters())
     # VQ from scratch collapses onto a handful of codes here; the usual cure: train as a plain autoencoder first,
     # then start the codebook from k-means of the encoder's outputs, then train with quantization.
     autoencoder_steps = recipe.extra.get("autoencoder_steps", 0)
@@ -280,7 +300,9 @@ def train_vq(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None:
             vq.quantize.embedding.weight.data.copy_(codebook_kmeans(vq, recipe.seed, vq.config.num_vq_embeddings))
         quantized, commit_loss, (_, _, indices) = vq.quantize(latents)
         reconstruction = vq.decoder(vq.post_quant_conv(quantized))
-        loss = F.mse_loss(reconstruction, x) + 0.5 * F.l1_loss(reconstruction, x) + commit_loss
+        loss = F.mse_loss(reconstruction, x) + 0.5 * F.l1_loss(reconstruction, x)
+        if not decoder_only:
+            loss = loss + commit_loss
         usage.add_(torch.bincount(indices.flatten(), minlength=len(usage)).float())
         if restart_every and (step + 1) % restart_every == 0 and step < 0.8 * recipe.steps:
             # Codes no encoder output chose since the last restart get re-seeded on random encoder outputs, so the
@@ -292,7 +314,7 @@ def train_vq(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None:
             usage.zero_()
         return loss, {"commit": round(commit_loss.item(), 4), "used_codes": int((usage > 0).sum())}
 
-    wall, history = train_loop(recipe, out, {"vq": vq}, list(vq.parameters()), step_fn, resume)
+    wall, history = train_loop(recipe, out, {"vq": vq}, trained, step_fn, resume)
     vq.save_pretrained(out / "vqvae")
     vq = WorldVQModel.from_pretrained(out / "vqvae", local_files_only=True).eval()
     finish(out, "vq", recipe, wall, history, evaluate_vq(vq, evaluation_oracles(oracles), recipe.eval_images))
@@ -461,22 +483,37 @@ def train_muse(recipe: Recipe, out: Path, resume: bool, vq_dir: Path, clip_dir: 
     from .vq import WorldVQModel
 
     torch.manual_seed(recipe.seed)
-    vq = WorldVQModel.from_pretrained(vq_dir / "vqvae", local_files_only=True).eval()
-    text_encoder = clip_text_encoder(clip_dir / "clip")
-    tokenizer = CLIPTokenizer.from_pretrained(clip_dir / "clip", local_files_only=True)
-    check_eos(text_encoder, tokenizer, str(clip_dir / "clip"))
-    codebook = vq.config.num_vq_embeddings
-    text = text_encoder.config
-    transformer = WorldUVit2DModel(
-        **recipe.model,
-        vocab_size=codebook + 1,
-        codebook_size=codebook,
-        encoder_hidden_size=text.hidden_size,
-        cond_embed_dim=text.projection_dim,
-        sample_size=renderer.SIZE // 2 ** (len(vq.config.block_out_channels) - 1),
-    )
-    scheduler = AmusedScheduler(mask_token_id=codebook)
-    model = MuseModel(transformer, vq, text_encoder, tokenizer, scheduler, name="shapes")
+    init = recipe.extra.get("init")
+    if init:
+        # A later stage continues a trained Muse-mini (a Muse folder, or "shapes": the shipped one), with its own
+        # VQ, text encoder and tokenizer, so its tokens and prompts stay those the weights were trained on.
+        from ..muse import load_muse
+
+        if init != "shapes" and not (Path(init) / "transformer").is_dir():
+            raise ValueError(
+                f"this stage starts from the Muse in {init}, which has no transformer/: train that first (python -m "
+                "stylecraft.world.pretrain muse --out runs/world/muse) or set the recipe's extra.init"
+            )
+        model = load_muse(init)
+        transformer, vq, text_encoder = model.transformer, model.vqvae, model.text_encoder
+        transformer.requires_grad_(True).train()
+    else:
+        vq = WorldVQModel.from_pretrained(vq_dir / "vqvae", local_files_only=True).eval()
+        text_encoder = clip_text_encoder(clip_dir / "clip")
+        tokenizer = CLIPTokenizer.from_pretrained(clip_dir / "clip", local_files_only=True)
+        check_eos(text_encoder, tokenizer, str(clip_dir / "clip"))
+        codebook = vq.config.num_vq_embeddings
+        text = text_encoder.config
+        transformer = WorldUVit2DModel(
+            **recipe.model,
+            vocab_size=codebook + 1,
+            codebook_size=codebook,
+            encoder_hidden_size=text.hidden_size,
+            cond_embed_dim=text.projection_dim,
+            sample_size=renderer.SIZE // 2 ** (len(vq.config.block_out_channels) - 1),
+        )
+        scheduler = AmusedScheduler(mask_token_id=codebook)
+        model = MuseModel(transformer, vq, text_encoder, tokenizer, scheduler, name="shapes")
     for module in (vq, text_encoder):
         module.requires_grad_(False)
 
@@ -486,7 +523,12 @@ def train_muse(recipe: Recipe, out: Path, resume: bool, vq_dir: Path, clip_dir: 
     rng = np.random.default_rng(recipe.seed)
     pool_scenes = renderer.sample_scenes(pool_size, rng, renderer.SEEN_STYLES)
     pool_captions = pool_scenes.captions()
-    pool_tokens = torch.full((pool_size, transformer.config.sample_size, transformer.config.sample_size), -1)
+    side = transformer.config.sample_size
+    pool_tokens = torch.full((pool_size, side, side), -1)
+    # Tokens on the shape's outline decide which shape is drawn, yet a small shape has a handful of them among 64;
+    # ``outline_weight`` > 1 weighs their loss up (1: Muse's plain masked-token mean).
+    outline_weight = float(recipe.extra.get("outline_weight", 1.0))
+    pool_outline = torch.zeros((pool_size, side, side), dtype=torch.bool)
     chunk = 1024
 
     def tokens_for(idx: np.ndarray) -> torch.Tensor:
@@ -494,6 +536,9 @@ def train_muse(recipe: Recipe, out: Path, resume: bool, vq_dir: Path, clip_dir: 
             if pool_tokens[start, 0, 0] < 0:
                 part = renderer.Scenes(**{k: v[start : start + chunk] for k, v in pool_scenes.labels().items()})
                 pool_tokens[start : start + chunk] = model.encode_images(to_tensor(renderer.render(part, start)))
+                if outline_weight != 1.0:
+                    outline = renderer.outline_tokens(part, start, patch=renderer.SIZE // side)
+                    pool_outline[start : start + chunk] = torch.from_numpy(outline)
         return pool_tokens[idx]
 
     drop = recipe.extra.get("empty_prompt_prob", 0.1)  # empty prompts so classifier-free guidance works
@@ -510,7 +555,8 @@ def train_muse(recipe: Recipe, out: Path, resume: bool, vq_dir: Path, clip_dir: 
         generator = torch.Generator().manual_seed(int(g.integers(2**31)))
         masked, mask = mask_tokens(tokens, model.mask_token_id, generator)
         logits = transformer(masked, micro_conds=micro, pooled_text_emb=pooled, encoder_hidden_states=hidden)
-        return masked_token_loss(logits, tokens, mask), {}
+        weights = 1.0 + (outline_weight - 1.0) * pool_outline[idx].float() if outline_weight != 1.0 else None
+        return masked_token_loss(logits, tokens, mask, weights), {}
 
     wall, history = train_loop(
         recipe, out, {"transformer": transformer}, list(transformer.parameters()), step_fn, resume
@@ -554,20 +600,58 @@ def evaluate_muse(folder: Path, oracles: Oracles, settings: dict) -> dict:
 
 
 # ---- shipping -----------------------------------------------------------------------------------------------------
-def ship(runs: Path, vq_dir: Path) -> None:
-    """Copy trained models from ``runs`` (oracles/, clip/, muse/) into the package's weights folder; the VQ's
-    training record comes from ``vq_dir`` (the VQ run Muse-mini was trained with)."""
+def ship(runs: Path, vq_dir: Path, muse_run: Path | None = None, only: list[str] | None = None) -> None:
+    """Copy trained models from ``runs`` (oracles/, glyph/, clip/, muse/) into the package's weights folder; the VQ's
+    training record comes from ``vq_dir`` (the VQ run Muse-mini was trained with). ``muse_run`` ships another Muse
+    run folder (e.g. a later stage); ``only`` ships just the named models."""
+    wanted = set(only or ("oracles", "glyph", "clip", "muse"))
     WEIGHTS.mkdir(parents=True, exist_ok=True)
-    shutil.copy(runs / "oracles" / "oracles.safetensors", WEIGHTS / "oracles.safetensors")
-    shutil.copy(runs / "oracles" / "training.json", WEIGHTS / "oracles.training.json")
-    if (runs / "glyph" / "glyph_oracle.safetensors").is_file():
+    if "oracles" in wanted:
+        shutil.copy(runs / "oracles" / "oracles.safetensors", WEIGHTS / "oracles.safetensors")
+        shutil.copy(runs / "oracles" / "training.json", WEIGHTS / "oracles.training.json")
+    if "glyph" in wanted and (runs / "glyph" / "glyph_oracle.safetensors").is_file():
         shutil.copy(runs / "glyph" / "glyph_oracle.safetensors", WEIGHTS / "glyph_oracle.safetensors")
         shutil.copy(runs / "glyph" / "training.json", WEIGHTS / "glyph_oracle.training.json")
-    for name, source in (("clip", runs / "clip" / "clip"), ("muse", runs / "muse" / "muse")):
-        shutil.rmtree(WEIGHTS / name, ignore_errors=True)
-        shutil.copytree(source, WEIGHTS / name)
-        shutil.copy(source.parent / "training.json", WEIGHTS / name / "training.json")
-    shutil.copy(vq_dir / "training.json", WEIGHTS / "muse" / "vqvae" / "training.json")
+    muse_run = muse_run or runs / "muse"
+    # Read before the shipped copy is replaced: the earlier stages' records, and the VQ's record if the VQ stays.
+    earlier = _earlier_stages(muse_run) if "muse" in wanted else []
+    shipped_vq = WEIGHTS / "muse" / "vqvae"
+    vq_weights = "diffusion_pytorch_model.safetensors"
+    same_vq = (shipped_vq / vq_weights).is_file() and (shipped_vq / vq_weights).read_bytes() == (
+        muse_run / "muse" / "vqvae" / vq_weights
+    ).read_bytes()
+    vq_record = (
+        (shipped_vq / "training.json").read_text() if same_vq and (shipped_vq / "training.json").is_file() else None
+    )
+    for name, source in (("clip", runs / "clip" / "clip"), ("muse", muse_run / "muse")):
+        if name in wanted:
+            shutil.rmtree(WEIGHTS / name, ignore_errors=True)
+            shutil.copytree(source, WEIGHTS / name)
+            shutil.copy(source.parent / "training.json", WEIGHTS / name / "training.json")
+    if "muse" in wanted:
+        if earlier:
+            write_json(WEIGHTS / "muse" / "training.earlier-stages.json", earlier)
+        if vq_record is not None:  # the same VQ as before: keep the record of its training
+            (WEIGHTS / "muse" / "vqvae" / "training.json").write_text(vq_record)
+        elif not (muse_run / "muse" / "vqvae" / "training.json").is_file():
+            shutil.copy(vq_dir / "training.json", WEIGHTS / "muse" / "vqvae" / "training.json")
+
+
+def _earlier_stages(run: Path) -> list[dict]:
+    """The training records of the runs a Muse run continued (its recipe's ``extra.init``, and theirs), oldest first."""
+    records, record = [], json.loads((run / "training.json").read_text())
+    while init := record["recipe"].get("extra", {}).get("init"):
+        if init == "shapes":  # the shipped model, which carries its own earlier stages
+            shipped = WEIGHTS / "muse"
+            earlier = shipped / "training.earlier-stages.json"
+            before = json.loads(earlier.read_text()) if earlier.is_file() else []
+            return [*before, json.loads((shipped / "training.json").read_text()), *records]
+        path = Path(init).parent / "training.json"
+        if not path.is_file():
+            break
+        record = json.loads(path.read_text())
+        records.insert(0, record)
+    return records
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -583,6 +667,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vq", type=Path, default=Path("runs/world/vq"), help="VQ run folder (for muse)")
     parser.add_argument("--clip", type=Path, default=Path("runs/world/clip"), help="CLIP run folder (for muse)")
     parser.add_argument("--runs", type=Path, default=Path("runs/world"), help="folder of runs to ship")
+    parser.add_argument("--muse", type=Path, help="Muse run folder to ship (default RUNS/muse), e.g. a later stage")
+    parser.add_argument("--only", nargs="+", choices=["oracles", "glyph", "clip", "muse"], help="ship just these")
     parser.add_argument(
         "--oracles",
         type=Path,
@@ -591,7 +677,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     if args.model == "ship":
-        ship(args.runs, args.vq)
+        ship(args.runs, args.vq, args.muse, args.only)
         return
     if args.out is None:
         parser.error("--out is required")

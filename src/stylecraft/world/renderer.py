@@ -426,6 +426,17 @@ def render(scenes: Scenes, seed: int | np.random.Generator = 0) -> np.ndarray:
     return (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
+def outline_tokens(scenes: Scenes, seed: int, patch: int = 8, width: float = 1.5) -> np.ndarray:
+    """Which ``patch``-px tokens of ``render(scenes, seed)`` hold the shape's outline: bool [n, 64/patch, 64/patch].
+
+    A token counts when any of its pixels lies within ``width`` px of the shape's edge. It replays ``render``'s
+    first random draws (the shape's jittered place, size and rotation), so it matches those images exactly.
+    """
+    edge = np.abs(_distance_fields(scenes, np.random.default_rng(seed))) < width
+    n, cells = len(scenes), SIZE // patch
+    return edge.reshape(n, cells, patch, cells, patch).any(axis=(2, 4))
+
+
 def glyph_caption(colour: str, size: str = "large", position: str = "in the center", style: str | None = None) -> str:
     """The caption of a glyph scene, e.g. "a large orange sks glyph in flat color style" (no style: no phrase)."""
     where = f" {position}" if size == "small" else ""
