@@ -361,3 +361,11 @@ def test_ship_a_later_muse_stage_keeps_the_records_of_every_stage(tmp_path, monk
     # the shipped model's own earlier stages, then the shipped model, then stage 1, oldest first
     assert [r["metrics"] for r in earlier] == [*(r["metrics"] for r in before), shipped["metrics"], {"stage": "stage1"}]
     assert not (weights / "oracles.safetensors").exists()  # --only muse ships nothing else
+    assert json.loads((weights / "muse" / "vqvae" / "training.json").read_text()) == json.loads(
+        (shapes_model_dir() / "vqvae" / "training.json").read_text()
+    )  # the same VQ weights: its training record stays
+    (runs / "clip" / "clip").mkdir(parents=True)  # --only clip needs no Muse run
+    (runs / "clip" / "clip" / "config.json").write_text("{}")
+    (runs / "clip" / "training.json").write_text("{}")
+    pretrain.main(["ship", "--runs", str(runs), "--only", "clip"])
+    assert (weights / "clip" / "config.json").read_text() == "{}"

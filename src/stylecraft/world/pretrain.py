@@ -617,9 +617,11 @@ def ship(runs: Path, vq_dir: Path, muse_run: Path | None = None, only: list[str]
     earlier = _earlier_stages(muse_run) if "muse" in wanted else []
     shipped_vq = WEIGHTS / "muse" / "vqvae"
     vq_weights = "diffusion_pytorch_model.safetensors"
-    same_vq = (shipped_vq / vq_weights).is_file() and (shipped_vq / vq_weights).read_bytes() == (
-        muse_run / "muse" / "vqvae" / vq_weights
-    ).read_bytes()
+    same_vq = (
+        "muse" in wanted
+        and (shipped_vq / vq_weights).is_file()
+        and (shipped_vq / vq_weights).read_bytes() == (muse_run / "muse" / "vqvae" / vq_weights).read_bytes()
+    )
     vq_record = (
         (shipped_vq / "training.json").read_text() if same_vq and (shipped_vq / "training.json").is_file() else None
     )
