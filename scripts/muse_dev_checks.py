@@ -59,15 +59,17 @@ def _shape_by_size(model, config, oracles):
     scenes = sample_scenes(128, np.random.default_rng(DEV_SEED + 1), SEEN_STYLES)
     labels = scenes.labels()
     images = sample_images(model, scenes.captions(), config, generator=torch.Generator().manual_seed(6))
-    predicted = oracles.predict(images)
-    small = labels["size"] == 0
+    print(f"steps {config.steps} temperature {config.temperature}", _by_size(oracles, images, labels))
+    return scenes, labels
+
+
+def _by_size(oracles, images, labels: dict) -> dict:
+    """Oracle shape accuracy overall, on small and on large shapes, and colour and style accuracy (rounded)."""
+    predicted, small = oracles.predict(images), labels["size"] == 0
     right = predicted["shape"] == labels["shape"]
     line = {"shape": right.mean(), "small": right[small].mean(), "large": right[~small].mean()}
-    line.update(
-        colour=(predicted["colour"] == labels["colour"]).mean(), style=(predicted["style"] == labels["style"]).mean()
-    )
-    print(f"steps {config.steps} temperature {config.temperature}", _rounded({k: float(v) for k, v in line.items()}))
-    return scenes, labels
+    line.update({k: (predicted[k] == labels[k]).mean() for k in ("colour", "style")})
+    return _rounded({k: float(v) for k, v in line.items()})
 
 
 def by_size(model, args) -> None:
@@ -133,11 +135,7 @@ def compare(model, args) -> None:
                     for i in range(0, n, 128)
                 ]
             )
-            predicted, small = oracles.predict(images), labels["size"] == 0
-            right = predicted["shape"] == labels["shape"]
-            line = {"shape": right.mean(), "small": right[small].mean(), "large": right[~small].mean()}
-            line.update({k: (predicted[k] == labels[k]).mean() for k in ("colour", "style")})
-            print(group, path, _rounded({k: float(v) for k, v in line.items()}), flush=True)
+            print(group, path, _by_size(oracles, images, labels), flush=True)
 
 
 def adapters(model, args) -> None:
