@@ -369,3 +369,23 @@ def test_ship_a_later_muse_stage_keeps_the_records_of_every_stage(tmp_path, monk
     (runs / "clip" / "training.json").write_text("{}")
     pretrain.main(["ship", "--runs", str(runs), "--only", "clip"])
     assert (weights / "clip" / "config.json").read_text() == "{}"
+
+
+def test_a_later_vq_stage_names_a_missing_or_older_starting_vq(tmp_path):
+    import json
+
+    from stylecraft.world.pretrain import main
+    from stylecraft.world.vq import WorldVQModel
+
+    args = ["vq", "--section", "vq-decoder", "--out", str(tmp_path / "run"), "--threads", "1"]
+    recipe = _later_stage_recipe(tmp_path, "vq-decoder", init=str(tmp_path / "nowhere"))
+    with pytest.raises(SystemExit, match="nowhere, which has no config.json: train that first"):
+        main([*args, "--recipe", recipe])
+    older = tmp_path / "older"  # saved with decoder blocks at two levels; its config now asks for four
+    WorldVQModel(block_out_channels=(8, 8, 16, 16), latent_channels=4, num_vq_embeddings=16).save_pretrained(older)
+    config = json.loads((older / "config.json").read_text())
+    (older / "config.json").write_text(json.dumps({**config, "decoder_residual_levels": 4}))
+    recipe = _later_stage_recipe(tmp_path, "vq-decoder", init=str(older))
+    with pytest.raises(SystemExit, match="lacks .* weights of the architecture its config names"):
+        main([*args, "--recipe", recipe])
+    assert not (tmp_path / "run" / "vqvae").exists()

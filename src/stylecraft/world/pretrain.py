@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import StylecraftError
 from ..io import write_json
 from . import WEIGHTS, renderer
 from .oracles import ATTRIBUTES, Oracles, load_oracles, oracle_accuracy
@@ -266,11 +267,20 @@ def train_vq(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None:
 
         init = shapes_model_dir() / "vqvae"
     if init and not (Path(init) / "config.json").is_file():
-        raise ValueError(
+        raise StylecraftError(
             f"this stage starts from the VQ in {init}, which has no config.json: train that first "
             "(python -m stylecraft.world.pretrain vq --out runs/world/vq) or set the recipe's extra.init"
         )
-    vq = WorldVQModel.from_pretrained(init, local_files_only=True) if init else WorldVQModel(**recipe.model)
+    if init:
+        vq, info = WorldVQModel.from_pretrained(init, local_files_only=True, output_loading_info=True)
+        if info["missing_keys"]:
+            raise StylecraftError(
+                f"the VQ in {init} lacks {len(info['missing_keys'])} weights of the architecture its config names "
+                f"(e.g. {info['missing_keys'][0]}): it comes from an older WorldVQModel; point extra.init at a VQ "
+                "trained with this version"
+            )
+    else:
+        vq = WorldVQModel(**recipe.model)
     data = renderer.stream(recipe.batch_size, recipe.seed)
     restart_every = recipe.extra.get("restart_dead_codes_every", 100)
     # ``extra.train: "decoder"`` trains the decoder alone on frozen codes: every image keeps its tokens, so a Muse
@@ -490,7 +500,7 @@ def train_muse(recipe: Recipe, out: Path, resume: bool, vq_dir: Path, clip_dir: 
         from ..muse import load_muse
 
         if init != "shapes" and not (Path(init) / "transformer").is_dir():
-            raise ValueError(
+            raise StylecraftError(
                 f"this stage starts from the Muse in {init}, which has no transformer/: train that first (python -m "
                 "stylecraft.world.pretrain muse --out runs/world/muse) or set the recipe's extra.init"
             )
@@ -626,10 +636,13 @@ def ship(runs: Path, vq_dir: Path, muse_run: Path | None = None, only: list[str]
         (shipped_vq / "training.json").read_text() if same_vq and (shipped_vq / "training.json").is_file() else None
     )
     for name, source in (("clip", runs / "clip" / "clip"), ("muse", muse_run / "muse")):
-        if name in wanted:
+        if name in wanted:  # copied beside the shipped folder first, so a failed copy leaves that one whole
+            staging = WEIGHTS / f".{name}.shipping"
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(source, staging)
+            shutil.copy(source.parent / "training.json", staging / "training.json")
             shutil.rmtree(WEIGHTS / name, ignore_errors=True)
-            shutil.copytree(source, WEIGHTS / name)
-            shutil.copy(source.parent / "training.json", WEIGHTS / name / "training.json")
+            staging.rename(WEIGHTS / name)
     if "muse" in wanted:
         if earlier:
             write_json(WEIGHTS / "muse" / "training.earlier-stages.json", earlier)
@@ -678,6 +691,13 @@ def main(argv: list[str] | None = None) -> None:
         help="oracle weights for evaluation (default: a fresh run's, else the shipped ones)",
     )
     args = parser.parse_args(argv)
+    try:
+        _run(parser, args)
+    except StylecraftError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.model == "ship":
         ship(args.runs, args.vq, args.muse, args.only)
         return
