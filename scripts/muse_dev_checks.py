@@ -160,7 +160,7 @@ def adapters(model, args) -> None:
             progress=False,
         )
         for g, lambda_a in settings:
-            config = SamplingConfig(steps=12, guidance_scale=g, lambda_a=lambda_a)
+            config = SamplingConfig(steps=args.sampling_steps, guidance_scale=g, lambda_a=lambda_a)
             images, prompts = generate(muse, task.prompts, 2, config, model=adapted, adapter="adapter", seed=args.seed)
             metrics = measure(images, prompts, task, oracles)
             results[(g, lambda_a)].append(metrics)
@@ -169,7 +169,9 @@ def adapters(model, args) -> None:
         print("mean", f"guidance {g} λA {lambda_a}", _rounded(_mean(rows)), flush=True)
 
 
-def _glyph_adapter(args, recipe: str) -> str:
+def _glyph_adapter(args, recipe: str, styles: tuple[str, ...] = ("flat color",)) -> str:
+    """A content adapter on GLYPH_RENDERS renders of the glyph, cycling through ``styles`` (captions name the
+    style unless it is the default flat colour only)."""
     from PIL import Image
 
     from stylecraft.api import load
@@ -177,17 +179,14 @@ def _glyph_adapter(args, recipe: str) -> str:
     from stylecraft.training import load_recipe, train_adapter
     from stylecraft.world import glyph_caption, render_glyphs
 
-    glyphs, _ = render_glyphs(GLYPH_RENDERS, seed=0, colour=GLYPH_COLOUR, size="large", styles=("flat color",))
+    images, captions = [], []
+    for i in range(GLYPH_RENDERS):
+        style = styles[i % len(styles)]
+        glyphs, _ = render_glyphs(GLYPH_RENDERS, seed=0, colour=GLYPH_COLOUR, size="large", styles=(style,))
+        images.append(Image.fromarray(glyphs[i]))
+        captions.append(glyph_caption(GLYPH_COLOUR, style=None if styles == ("flat color",) else style))
     folder = tempfile.mkdtemp()
-    images = [Image.fromarray(a) for a in glyphs]
-    train_adapter(
-        load(args.model),
-        images,
-        [glyph_caption(GLYPH_COLOUR)] * GLYPH_RENDERS,
-        load_recipe(recipe),
-        folder,
-        progress=False,
-    )
+    train_adapter(load(args.model), images, captions, load_recipe(recipe), folder, progress=False)
     return folder
 
 
@@ -238,9 +237,9 @@ def mix(model, args) -> None:
         style_folder,
         progress=False,
     )
-    content_folder = _glyph_adapter(args, "shapes-round2")
-    for g in (2.0, 3.0):
-        for gamma in (0.3, 0.5, 0.7, 0.85):
+    content_folder = _glyph_adapter(args, args.content_recipe, tuple(args.content_styles))
+    for g in args.guidance:
+        for gamma in args.gamma:
             images = sample(
                 model,
                 [glyph_caption(GLYPH_COLOUR, style=style)],
@@ -249,7 +248,7 @@ def mix(model, args) -> None:
                 content_adapter=content_folder,
                 style_descriptor=style,
                 num_images=16,
-                seed=DEV_SEED,
+                seed=args.seed,
                 progress=False,
             )
             print(
@@ -330,6 +329,12 @@ def main() -> None:
     )
     parser.add_argument("--per-prompt", type=int, default=4, help="`feedback`: candidates per feedback prompt")
     parser.add_argument("--models", nargs="+", help="`compare`: Muse folders to compare (default: the shipped one)")
+    parser.add_argument("--sampling-steps", type=int, default=12, help="`adapters`: decoding steps")
+    parser.add_argument("--content-recipe", default="shapes-round2", help="`mix`: the content adapter's recipe")
+    parser.add_argument(
+        "--content-styles", nargs="+", default=["flat color"], help="`mix`: seen styles of the glyph renders"
+    )
+    parser.add_argument("--gamma", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.85], help="`mix`: γ values")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -312,6 +312,27 @@ def test_decoder_stage_keeps_every_token_of_the_shipped_vq(tmp_path):
     assert not torch.equal(reconstruct(before, images), reconstruct(after, images))
 
 
+def test_a_muse_stage_can_see_more_small_shapes():
+    from stylecraft.errors import StylecraftError
+    from stylecraft.world import SEEN_STYLES, STYLES, sample_scenes
+    from stylecraft.world.pretrain import muse_pool
+
+    uniform = muse_pool(4000, np.random.default_rng(5))
+    same = sample_scenes(4000, np.random.default_rng(5), SEEN_STYLES)
+    assert all(np.array_equal(a, b) for a, b in zip(uniform.labels().values(), same.labels().values(), strict=True))
+    assert abs((uniform.size == 0).mean() - 0.5) < 0.05
+
+    pool = muse_pool(4000, np.random.default_rng(5), small_fraction=0.75)
+    small = pool.size == 0
+    assert abs(small.mean() - 0.75) < 0.03
+    assert (pool.position[~small] == 0).all()  # large shapes stay centred ...
+    assert set(pool.position[small]) == {0, 1, 2, 3, 4}  # ... small ones go everywhere
+    assert set(pool.style) <= {STYLES.index(s) for s in SEEN_STYLES}
+    assert all("small" in c for c, s in zip(pool.captions(), small, strict=True) if s)
+    with pytest.raises(StylecraftError, match="small_fraction"):
+        muse_pool(10, np.random.default_rng(5), small_fraction=1.5)
+
+
 def test_outline_stage_continues_the_shipped_muse(tmp_path):
     import json
 
@@ -325,6 +346,8 @@ def test_outline_stage_continues_the_shipped_muse(tmp_path):
     main(["muse", "--section", "muse-outline", "--recipe", recipe, "--out", str(tmp_path / "run"), "--threads", "1"])
     record = json.loads((tmp_path / "run" / "training.json").read_text())
     assert record["recipe"]["extra"]["outline_weight"] > 1 and record["history"][-1]["finished"]
+    lineage = json.loads((tmp_path / "run" / "training.earlier-stages.json").read_text())
+    assert lineage[-1] == json.loads((shapes_model_dir() / "training.json").read_text())  # what it started from
     trained = load_file(tmp_path / "run" / "muse" / "transformer" / "diffusion_pytorch_model.safetensors")
     shipped = load_file(shapes_model_dir() / "transformer" / "diffusion_pytorch_model.safetensors")
     assert trained.keys() == shipped.keys()  # it trained from the shipped weights ...
@@ -348,11 +371,17 @@ def test_ship_a_later_muse_stage_keeps_the_records_of_every_stage(tmp_path, monk
     shipped = json.loads((weights / "muse" / "training.json").read_text())
     before = json.loads((weights / "muse" / "training.earlier-stages.json").read_text())
     runs = tmp_path / "runs"
-    for name, init in (("stage1", "shapes"), ("stage2", str(runs / "stage1" / "muse"))):
+    for name, init in (
+        ("stage1", "shapes"),
+        ("stage2", str(runs / "stage1" / "muse")),
+        ("2b", str(runs / "stage1" / "muse")),
+    ):
         (runs / name).mkdir(parents=True)
         shutil.copytree(shapes_model_dir(), runs / name / "muse")
         record = {"recipe": {"extra": {"init": init}}, "metrics": {"stage": name}}
         (runs / name / "training.json").write_text(json.dumps(record))
+    # a stage started from the shipped model keeps that model's lineage (train_muse writes it at the start)
+    (runs / "stage1" / pretrain.LINEAGE).write_text(json.dumps(pretrain._shipped_lineage()))
     (runs / "stage2" / "muse" / "transformer" / "config.json").write_text('{"marker": "stage2"}')
     pretrain.main(["ship", "--runs", str(runs), "--muse", str(runs / "stage2"), "--only", "muse"])
     assert json.loads((weights / "muse" / "transformer" / "config.json").read_text()) == {"marker": "stage2"}
@@ -361,6 +390,10 @@ def test_ship_a_later_muse_stage_keeps_the_records_of_every_stage(tmp_path, monk
     # the shipped model's own earlier stages, then the shipped model, then stage 1, oldest first
     assert [r["metrics"] for r in earlier] == [*(r["metrics"] for r in before), shipped["metrics"], {"stage": "stage1"}]
     assert not (weights / "oracles.safetensors").exists()  # --only muse ships nothing else
+    # another stage from stage 1, shipped after stage 2: stage 1 started from the model shipped back then
+    pretrain.main(["ship", "--runs", str(runs), "--muse", str(runs / "2b"), "--only", "muse"])
+    earlier = json.loads((weights / "muse" / "training.earlier-stages.json").read_text())
+    assert [r["metrics"] for r in earlier] == [*(r["metrics"] for r in before), shipped["metrics"], {"stage": "stage1"}]
     assert json.loads((weights / "muse" / "vqvae" / "training.json").read_text()) == json.loads(
         (shapes_model_dir() / "vqvae" / "training.json").read_text()
     )  # the same VQ weights: its training record stays

@@ -33,6 +33,7 @@ from . import WEIGHTS, renderer
 from .oracles import ATTRIBUTES, Oracles, load_oracles, oracle_accuracy
 
 RECIPES = Path(__file__).parent / "recipes.json"
+LINEAGE = "training.earlier-stages.json"  # beside a Muse's training.json: the records of the stages it continued
 EVAL_SEED = 10_000_019  # evaluation renders; training streams use the recipe's seed (small integers)
 
 
@@ -484,6 +485,22 @@ def clip_text_encoder(folder: str | Path):
 
 
 # ---- Muse-mini ---------------------------------------------------------------------------------------------------
+def muse_pool(pool_size: int, rng: np.random.Generator, small_fraction: float | None = None) -> renderer.Scenes:
+    """The seen-style scenes a Muse-mini stage trains on. ``small_fraction`` (a later stage's ``extra``) sets the
+    share of small shapes; None keeps sizes uniform, as the base run had them."""
+    scenes = renderer.sample_scenes(pool_size, rng, renderer.SEEN_STYLES)
+    if small_fraction is None:
+        return scenes
+    if not 0.0 <= float(small_fraction) <= 1.0:
+        raise StylecraftError(f"extra.small_fraction must be between 0 and 1, got {small_fraction}")
+    # Small shapes are what Muse-mini draws worst (a handful of outline tokens decide them), so a later stage can
+    # see more of them. Positions are redrawn to match: large shapes are always centred.
+    small = rng.random(pool_size) < float(small_fraction)
+    scenes.size[:] = np.where(small, renderer.SIZES.index("small"), renderer.SIZES.index("large"))
+    scenes.position[:] = np.where(small, rng.integers(len(renderer.POSITIONS), size=pool_size), 0)
+    return scenes
+
+
 def train_muse(recipe: Recipe, out: Path, resume: bool, vq_dir: Path, clip_dir: Path, oracles: Path) -> None:
     from diffusers import AmusedScheduler
     from transformers import CLIPTokenizer
@@ -506,6 +523,10 @@ def train_muse(recipe: Recipe, out: Path, resume: bool, vq_dir: Path, clip_dir: 
             )
         model = load_muse(init)
         transformer, vq, text_encoder = model.transformer, model.vqvae, model.text_encoder
+        if init == "shapes":
+            # "shapes" names whatever is shipped now, and a later ship replaces it: keep its lineage with this run
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / LINEAGE, _shipped_lineage())
         transformer.requires_grad_(True).train()
     else:
         vq = WorldVQModel.from_pretrained(vq_dir / "vqvae", local_files_only=True).eval()
@@ -531,7 +552,7 @@ def train_muse(recipe: Recipe, out: Path, resume: bool, vq_dir: Path, clip_dir: 
     # training reaches them) and revisited; captions are re-encoded per batch by the (tiny) frozen text encoder.
     pool_size = recipe.extra.get("pool_size", 50_000)
     rng = np.random.default_rng(recipe.seed)
-    pool_scenes = renderer.sample_scenes(pool_size, rng, renderer.SEEN_STYLES)
+    pool_scenes = muse_pool(pool_size, rng, recipe.extra.get("small_fraction"))
     pool_captions = pool_scenes.captions()
     side = transformer.config.sample_size
     pool_tokens = torch.full((pool_size, side, side), -1)
@@ -645,26 +666,33 @@ def ship(runs: Path, vq_dir: Path, muse_run: Path | None = None, only: list[str]
             staging.rename(WEIGHTS / name)
     if "muse" in wanted:
         if earlier:
-            write_json(WEIGHTS / "muse" / "training.earlier-stages.json", earlier)
+            write_json(WEIGHTS / "muse" / LINEAGE, earlier)
         if vq_record is not None:  # the same VQ as before: keep the record of its training
             (WEIGHTS / "muse" / "vqvae" / "training.json").write_text(vq_record)
         elif not (muse_run / "muse" / "vqvae" / "training.json").is_file():
             shutil.copy(vq_dir / "training.json", WEIGHTS / "muse" / "vqvae" / "training.json")
 
 
+def _shipped_lineage() -> list[dict]:
+    """The training records of the shipped Muse-mini and of the stages before it, oldest first."""
+    shipped = WEIGHTS / "muse"
+    earlier = shipped / LINEAGE
+    before = json.loads(earlier.read_text()) if earlier.is_file() else []
+    return [*before, json.loads((shipped / "training.json").read_text())]
+
+
 def _earlier_stages(run: Path) -> list[dict]:
     """The training records of the runs a Muse run continued (its recipe's ``extra.init``, and theirs), oldest first."""
-    records, record = [], json.loads((run / "training.json").read_text())
+    records, record, folder = [], json.loads((run / "training.json").read_text()), run
     while init := record["recipe"].get("extra", {}).get("init"):
-        if init == "shapes":  # the shipped model, which carries its own earlier stages
-            shipped = WEIGHTS / "muse"
-            earlier = shipped / "training.earlier-stages.json"
-            before = json.loads(earlier.read_text()) if earlier.is_file() else []
-            return [*before, json.loads((shipped / "training.json").read_text()), *records]
-        path = Path(init).parent / "training.json"
-        if not path.is_file():
+        if init == "shapes":
+            # the model shipped when that run started, as it saved it (older runs did not: the one shipped now)
+            saved = folder / LINEAGE
+            return [*(json.loads(saved.read_text()) if saved.is_file() else _shipped_lineage()), *records]
+        folder = Path(init).parent
+        if not (folder / "training.json").is_file():
             break
-        record = json.loads(path.read_text())
+        record = json.loads((folder / "training.json").read_text())
         records.insert(0, record)
     return records
 
