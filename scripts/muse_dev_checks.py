@@ -10,9 +10,12 @@ notes' diagnoses. Each prints oracle accuracies; none writes anything.
     python scripts/muse_dev_checks.py compare --models A B     # base models side by side, 384 prompts (779)
     python scripts/muse_dev_checks.py adapters                 # Round-1 adapters on the held-out styles (777),
                                                                # --guidance G.. --lambda-a L.. (default 2; 0.5 1 2)
+                                                               # --sampling-steps N (default 12)
     python scripts/muse_dev_checks.py adapters --recipe FILE   # ... with another adapter recipe
     python scripts/muse_dev_checks.py glyph                    # content adapter alone, its own prompt (777)
-    python scripts/muse_dev_checks.py mix                      # Eq. 5-6 over γ, content recipe shapes-round2 (777)
+    python scripts/muse_dev_checks.py mix                      # Eq. 5-6 over γ, content recipe shapes-round2 (777);
+                                                               # --gamma G.., --content-recipe R, --content-styles
+                                                               # S.. (glyph renders in these seen styles)
     python scripts/muse_dev_checks.py feedback --lambda-a 1    # Round 1 vs Round 2 (CLIP picks), candidates
                                                                # drawn at λA 1; --round2-recipe R,
                                                                # --per-prompt K (default 4) (777)
