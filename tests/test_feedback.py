@@ -4,15 +4,31 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from stylecraft.cli import main
 from stylecraft.errors import StylecraftError
-from stylecraft.feedback import generate_candidates, read_picks, read_prompts, select, train_round, write_picks
+from stylecraft.feedback import (
+    candidate_tokens,
+    generate_candidates,
+    read_picks,
+    read_prompts,
+    select,
+    tokens_path,
+    train_round,
+    write_picks,
+)
+from stylecraft.io import to_pil_images
 from stylecraft.muse import load_muse
 from stylecraft.sampling import SamplingConfig
 
 PROMPTS = ["a cat in oil style", "a dog in oil style", "a house in oil style"]
+
+
+def muse_token_shape(muse) -> tuple[int, int]:
+    side = muse.resolution // muse.vae_scale_factor
+    return side, side
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +99,34 @@ def test_candidates_scores_and_clip_selection(tiny_muse_dir, round1, clip_dir, t
         select(tmp_path / "r", "human")
     write_picks(tmp_path / "r", ["p000_k001.png", "p002_k000.png"])
     assert select(tmp_path / "r", "human") == ["p000_k001.png", "p002_k000.png"]
+    encoded = []
+    encode = muse.encode_images
+    muse.encode_images = lambda pixels: encoded.append(len(pixels)) or encode(pixels)
     model = train_round(muse, tmp_path / "r", select(tmp_path / "r", "human"), steps=2, progress=False)
+    assert encoded == []  # Round 2 trained on the kept tokens, not on the PNGs encoded again
     config_file = json.loads((tmp_path / "r" / "adapter" / "adapter_config.json").read_text())
     assert config_file["rank"] == 32 and config_file["shared"] is False  # the paper's Round 2
     assert config_file["prompts"] == [PROMPTS[0], PROMPTS[2]] and "adapter" in model.configs
+    tokens_path(tmp_path / "r", "p002_k000.png").unlink()  # a round without kept tokens: the PNGs are encoded
+    train_round(muse, tmp_path / "r", ["p000_k001.png", "p002_k000.png"], steps=2, progress=False, overwrite=True)
+    assert encoded == [2]
+
+
+def test_candidates_keep_the_tokens_they_were_decoded_from(tiny_muse_dir, round1, clip_dir, tmp_path):
+    muse = load_muse(tiny_muse_dir)
+    config = SamplingConfig(steps=2, lambda_a=0.0)
+    generate_candidates(
+        muse, round1, PROMPTS[:2], tmp_path, "oil", per_prompt=2, config=config, clip=clip_dir, progress=False
+    )
+    files = ["p000_k001.png", "p001_k000.png"]
+    tokens = candidate_tokens(muse, tmp_path, files)
+    assert tokens is not None and tokens.shape == (2, *muse_token_shape(muse)) and tokens.dtype == torch.long
+    decoded = to_pil_images(muse.decode_tokens(tokens))
+    for image, file in zip(decoded, files, strict=True):
+        assert np.array_equal(np.asarray(image), np.asarray(Image.open(tmp_path / "candidates" / file).convert("RGB")))
+    with torch.no_grad():
+        muse.vqvae.quantize.embedding.weight.add_(1.0)  # another VQ: its codes mean other things
+    assert candidate_tokens(muse, tmp_path, files) is None
 
 
 def test_round_folder_errors(tmp_path):

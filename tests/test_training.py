@@ -9,6 +9,7 @@ from PIL import Image
 
 from stylecraft.adapters import read_adapter
 from stylecraft.errors import StylecraftError
+from stylecraft.io import to_tensor_image
 from stylecraft.muse import load_muse
 from stylecraft.training import TrainConfig, load_recipe, train_adapter
 
@@ -162,3 +163,13 @@ def test_accelerate_launch_two_processes(style_png, tmp_path):
     subprocess.run(command, check=True, timeout=600, capture_output=True)
     config, _ = read_adapter(tmp_path / "ad")
     assert config.training["steps"] == 4
+
+
+def test_known_tokens_are_checked_against_the_model(muse, image, tmp_path):
+    side = muse.resolution // muse.vae_scale_factor
+    tokens = muse.encode_images(torch.stack([to_tensor_image(image)]))
+    train_adapter(muse, [image], [PROMPT], _config(steps=2), tmp_path / "ok", progress=False, tokens=tokens)
+    with pytest.raises(StylecraftError, match=rf"this model's are \(1, {side}, {side}\)"):
+        train_adapter(muse, [image], [PROMPT], _config(), tmp_path / "a", tokens=tokens[:, :2])
+    with pytest.raises(StylecraftError, match="integer codes of this model's codebook"):
+        train_adapter(muse, [image], [PROMPT], _config(), tmp_path / "b", tokens=tokens * 0 + muse.mask_token_id)

@@ -95,6 +95,18 @@ def load_recipe(recipe: str | Path | None = None, **overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def _check_tokens(muse: MuseModel, tokens: torch.Tensor, count: int) -> torch.Tensor:
+    side = muse.resolution // muse.vae_scale_factor
+    if tuple(tokens.shape) != (count, side, side):
+        raise StylecraftError(
+            f"got VQ tokens of shape {tuple(tokens.shape)} for {count} images; this model's are ({count}, {side}, "
+            f"{side}): the tokens were made by another base model, so train on the images alone"
+        )
+    if tokens.dtype != torch.long or tokens.min() < 0 or tokens.max() >= muse.mask_token_id:
+        raise StylecraftError("VQ tokens must be integer codes of this model's codebook; train on the images alone")
+    return tokens.to(muse.device)
+
+
 def train_adapter(
     muse: MuseModel,
     images: list[Image.Image],
@@ -106,13 +118,17 @@ def train_adapter(
     overwrite: bool = False,
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
+    tokens: torch.Tensor | None = None,
 ) -> AdaptedTransformer:
     """Train an adapter on (image, prompt) pairs and write the adapter folder ``out``. Returns the adapted model.
 
     ``on_step(step, loss)`` is called after every optimisation step (progress displays use it).
 
     ``images`` must already be RGB at the model's resolution (``stylecraft.io.load_image(path, size)``).
-    ``prompts`` holds one prompt for all images or one per image.
+    ``prompts`` holds one prompt for all images or one per image. ``tokens`` [N, h, w]: the images' VQ tokens
+    when they are known, i.e. for images this model drew (Round 2). Training then uses them instead of encoding
+    the images again: the VQ does not give back the tokens an image was decoded from, and what it gives back can
+    lose fine texture (docs/world.md).
     """
     from accelerate import Accelerator
 
@@ -163,7 +179,10 @@ def train_adapter(
         raise StylecraftError(
             f"training images must be {resolution}x{resolution}; load them with load_image(path, size)"
         )
-    tokens = muse.encode_images(pixels)  # [N, h, w]
+    if tokens is None:
+        tokens = muse.encode_images(pixels)  # [N, h, w]
+    else:
+        tokens = _check_tokens(muse, tokens, len(images))
     pooled, hidden = muse.encode_prompts(prompts)  # [N, proj], [N, 77, hidden]
     micro_conds = muse.micro_conds(config.batch_size, resolution, resolution)
 
