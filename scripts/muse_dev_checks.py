@@ -19,6 +19,8 @@ notes' diagnoses. Each prints oracle accuracies; none writes anything.
     python scripts/muse_dev_checks.py feedback --lambda-a 1    # Round 1 vs Round 2 (CLIP picks), candidates
                                                                # drawn at λA 1; --round2-recipe R,
                                                                # --per-prompt K (default 4) (777)
+    python scripts/muse_dev_checks.py round-trip               # Round 2's picks as drawn vs through the VQ again
+                                                               # (--feedback-dir, default runs/eval-feedback)
 
 ``--model`` takes any Muse folder (default: the shipped one).
 """
@@ -300,6 +302,30 @@ def feedback(model, args) -> None:
         print("mean", name, _rounded(_mean(metrics)), flush=True)
 
 
+def round_trip(model, args) -> None:
+    """How often each Round 2's picks in an eval-feedback folder (``--feedback-dir``) read as their style, as drawn
+    and after encoding the PNG with the VQ again (what Round 2 trained on before it kept the tokens)."""
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    from stylecraft.world.oracles import ATTRIBUTES, load_oracles
+    from stylecraft.world.pretrain import to_tensor
+
+    oracles, folder = load_oracles(), Path(args.feedback_dir)
+    results = json.loads((folder / "results.json").read_text())
+    for style, block in results["styles"].items():
+        target = ATTRIBUTES["style"].index(style)
+        for method, picks in block["picks"].items():
+            candidates = folder / style.replace(" ", "-") / "round2" / "candidates"
+            drawn = np.stack([np.asarray(Image.open(candidates / file).convert("RGB")) for file in picks])
+            with torch.no_grad():
+                again = model.decode_tokens(model.encode_images(to_tensor(drawn.copy())))
+            rates = [float((oracles.predict(x)["style"] == target).mean()) for x in (drawn, again)]
+            print(style, method, f"picks {rates[0]:.3f}, after a VQ round trip {rates[1]:.3f}", flush=True)
+
+
 CHECKS = {
     "guidance": guidance,
     "by-size": by_size,
@@ -310,6 +336,7 @@ CHECKS = {
     "glyph": glyph,
     "mix": mix,
     "feedback": feedback,
+    "round-trip": round_trip,
 }
 
 
@@ -338,6 +365,7 @@ def main() -> None:
         "--content-styles", nargs="+", default=["flat color"], help="`mix`: seen styles of the glyph renders"
     )
     parser.add_argument("--gamma", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.85], help="`mix`: γ values")
+    parser.add_argument("--feedback-dir", default="runs/eval-feedback", help="`round-trip`: an eval-feedback folder")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
