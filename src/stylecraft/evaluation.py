@@ -456,7 +456,8 @@ def feedback_markdown(results: dict) -> str:
         "",
         f"Round 1 trains on one reference render; Round 2 trains a fresh adapter (d_prj 32, not shared) on one "
         f"candidate per feedback prompt ({results['per_prompt']} candidates each; the VQ tokens it was decoded "
-        "from) picked by CLIP text score, at random, or by the oracles (a stand-in upper bound for a person's picks; evaluation only). Evaluation: "
+        "from) picked by CLIP text score, at random, or by the oracles (a stand-in upper bound for a person's "
+        "picks; evaluation only). Evaluation: "
         f"{results['num_images']} images per prompt on prompts disjoint from the feedback prompts, CFG "
         f"{results['guidance']}, λA {results['lambda_a']}.",
     ]
