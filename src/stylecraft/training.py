@@ -128,7 +128,7 @@ def train_adapter(
     ``prompts`` holds one prompt for all images or one per image. ``tokens`` [N, h, w]: the images' VQ tokens
     when they are known, i.e. for images this model drew (Round 2). Training then uses them instead of encoding
     the images again: the VQ does not give back the tokens an image was decoded from, and what it gives back can
-    lose fine texture (docs/world.md).
+    lose fine texture (``feedback.train_round``).
     """
     from accelerate import Accelerator
 

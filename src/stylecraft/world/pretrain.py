@@ -523,8 +523,9 @@ def train_muse(recipe: Recipe, out: Path, resume: bool, vq_dir: Path, clip_dir: 
             )
         model = load_muse(init)
         transformer, vq, text_encoder = model.transformer, model.vqvae, model.text_encoder
-        if init == "shapes":
+        if init == "shapes" and not (resume and (out / LINEAGE).is_file()):
             # "shapes" names whatever is shipped now, and a later ship replaces it: keep its lineage with this run
+            # (written when the run starts; a resumed run keeps what it wrote then)
             out.mkdir(parents=True, exist_ok=True)
             write_json(out / LINEAGE, _shipped_lineage())
         transformer.requires_grad_(True).train()
