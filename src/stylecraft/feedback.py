@@ -10,6 +10,7 @@ The round folder is the contract between this module, the feedback page (``style
     ROUND/round.json               settings: adapter path + weights hash, base model, style, prompts, K, seed, sampling
     ROUND/reference.png            the Round-1 adapter's (first) training image
     ROUND/candidates/pPPP_kKKK.png candidate K of prompt P (written as generated; a rerun skips finished prompts)
+    ROUND/tokens/pPPP_kKKK.safetensors  the VQ tokens it was decoded from (Round 2 trains on these)
     ROUND/scores.json              {file: {prompt_index, prompt, text_score, style_score}}
     ROUND/picks.json               a person's picks {"selected": [file, ...], "target": N}, saved per click
     ROUND/selection.json           what Round 2 was trained on {"method": clip|random|human, "selected": [...]}
