@@ -18,7 +18,8 @@ notes' diagnoses. Each prints oracle accuracies; none writes anything.
                                                                # S.. (glyph renders in these seen styles)
     python scripts/muse_dev_checks.py feedback --lambda-a 1    # Round 1 vs Round 2 (CLIP picks), candidates
                                                                # drawn at λA 1; --round2-recipe R,
-                                                               # --per-prompt K (default 4) (777)
+                                                               # --per-prompt K (default 4) (777);
+                                                               # --encode-pngs: Round 2 without the kept tokens
     python scripts/muse_dev_checks.py round-trip               # Round 2's picks as drawn vs through the VQ again
                                                                # (--feedback-dir, default runs/eval-feedback)
 
@@ -28,6 +29,7 @@ notes' diagnoses. Each prints oracle accuracies; none writes anything.
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 
 import numpy as np
@@ -289,6 +291,8 @@ def feedback(model, args) -> None:
             model, base / "r1", prompts, base / "round2", style, args.per_prompt, config=candidates, progress=False
         )
         picks = select(base / "round2", "clip")
+        if args.encode_pngs:  # Round 2 as before it kept tokens: the picked PNGs are encoded again
+            shutil.rmtree(base / "round2" / "tokens")
         round2 = train_round(
             model, base / "round2", picks, recipe=args.round2_recipe, progress=False, adapter_dir=base / "r2"
         )
@@ -365,6 +369,9 @@ def main() -> None:
         "--content-styles", nargs="+", default=["flat color"], help="`mix`: seen styles of the glyph renders"
     )
     parser.add_argument("--gamma", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.85], help="`mix`: γ values")
+    parser.add_argument(
+        "--encode-pngs", action="store_true", help="`feedback`: Round 2 on the picked PNGs encoded again, not on tokens"
+    )
     parser.add_argument("--feedback-dir", default="runs/eval-feedback", help="`round-trip`: an eval-feedback folder")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
