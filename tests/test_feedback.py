@@ -10,6 +10,7 @@ from PIL import Image
 from stylecraft.cli import main
 from stylecraft.errors import StylecraftError
 from stylecraft.feedback import (
+    SHAPES_WORLD_CONTENT,
     candidate_tokens,
     generate_candidates,
     read_picks,
@@ -177,3 +178,15 @@ def test_feedback_cli_end_to_end(tiny_muse_dir, round1, clip_dir, tmp_path, caps
     assert json.loads((out / "selection.json").read_text())["method"] == "clip"
     assert main(argv[:-2] + ["--per-prompt", "0", "--out", str(tmp_path / "x")]) == 2
     assert "--per-prompt must be at least 1" in capsys.readouterr().err
+
+
+def test_shapes_world_feedback_prompts_never_ask_for_an_evaluation_prompt():
+    from stylecraft.evaluation import make_task
+    from stylecraft.world import HELD_OUT_STYLES
+
+    assert len(SHAPES_WORLD_CONTENT) == len(set(SHAPES_WORLD_CONTENT)) == 30  # the paper's P
+    for style in HELD_OUT_STYLES:
+        task = make_task(style)
+        feedback = {f"{content} in {style} style" for content in SHAPES_WORLD_CONTENT}
+        assert not feedback & set(task.prompts) and task.reference_prompt not in feedback
+    assert not any("red" in c or "circle" in c for c in SHAPES_WORLD_CONTENT)  # the reference's colour and shape

@@ -37,7 +37,8 @@ SELECTIONS = ("clip", "random", "human")
 PICKS_NAME, SCORES_NAME, ROUND_NAME = "picks.json", "scores.json", "round.json"
 
 # The shapes world's feedback prompts: content the reference (a large red circle) does not have, one shape and
-# colour each, so Round 2 sees the style on varied content. Disjoint from the evaluation prompts' pairs.
+# colour each, so Round 2 sees the style on varied content. 30 of them, as the paper's P; disjoint from the
+# evaluation prompts' pairs (tests/test_feedback.py checks both).
 SHAPES_WORLD_CONTENT = [
     "a large blue square",
     "a large green triangle",
@@ -49,8 +50,26 @@ SHAPES_WORLD_CONTENT = [
     "a large green square",
     "a large blue star",
     "a large yellow heart",
-    "a large purple cross",
+    "a large cyan star",
     "a large orange diamond",
+    "a large yellow triangle",
+    "a large green star",
+    "a large cyan heart",
+    "a large blue cross",
+    "a large purple diamond",
+    "a large pink cross",
+    "a large yellow moon",
+    "a large purple triangle",
+    "a large orange heart",
+    "a large yellow cross",
+    "a large green diamond",
+    "a large cyan moon",
+    "a large pink square",
+    "a large orange triangle",
+    "a large cyan cross",
+    "a large blue diamond",
+    "a large purple moon",
+    "a large blue heart",
 ]
 
 
