@@ -186,12 +186,10 @@ def _glyph_adapter(args, recipe: str, styles: tuple[str, ...] = ("flat color",))
     from stylecraft.training import load_recipe, train_adapter
     from stylecraft.world import glyph_caption, render_glyphs
 
-    images, captions = [], []
-    for i in range(GLYPH_RENDERS):
-        style = styles[i % len(styles)]
-        glyphs, _ = render_glyphs(GLYPH_RENDERS, seed=0, colour=GLYPH_COLOUR, size="large", styles=(style,))
-        images.append(Image.fromarray(glyphs[i]))
-        captions.append(glyph_caption(GLYPH_COLOUR, style=None if styles == ("flat color",) else style))
+    renders = {s: render_glyphs(GLYPH_RENDERS, 0, GLYPH_COLOUR, "large", (s,))[0] for s in set(styles)}
+    chosen = [styles[i % len(styles)] for i in range(GLYPH_RENDERS)]
+    images = [Image.fromarray(renders[style][i]) for i, style in enumerate(chosen)]
+    captions = [glyph_caption(GLYPH_COLOUR, style=None if styles == ("flat color",) else s) for s in chosen]
     folder = tempfile.mkdtemp()
     train_adapter(load(args.model), images, captions, load_recipe(recipe), folder, progress=False)
     return folder
