@@ -39,12 +39,12 @@ DEV_SEED = 777  # never EVAL_SEED (evaluation.py, world/pretrain.py)
 
 
 def _rounded(metrics: dict) -> dict:
-    return {k: round(v, 3) for k, v in metrics.items() if k != "num_images"}
+    return {k: round(v, 3) for k, v in metrics.items() if k != "num_images" and not k.endswith("_se")}
 
 
 def _mean(rows: list[dict]) -> dict:
     """The mean of each metric over ``rows`` (one dict of metrics per style)."""
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "num_images"}
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "num_images" and not k.endswith("_se")}
 
 
 def guidance(model, args) -> None:

@@ -2,7 +2,17 @@
 
 from PIL import Image
 
-from stylecraft.evaluation import FEEDBACK_ROWS, make_task, markdown_table, measure, run_feedback_table
+import math
+
+from stylecraft.evaluation import (
+    FEEDBACK_ROWS,
+    make_task,
+    markdown_table,
+    mean_over_styles,
+    measure,
+    run_feedback_table,
+    standard_errors,
+)
 from stylecraft.world import parse_caption, render_prompts
 from stylecraft.world.oracles import load_oracles
 
@@ -32,6 +42,25 @@ def test_measure_on_ground_truth_and_on_leaking_images():
 def test_markdown_table():
     lines = markdown_table({"a": {"x": 0.5}}, [("x", "X", "{:.2f}")])
     assert lines == ["| method | X |", "|---|---|", "| a | 0.50 |"]
+    assert markdown_table({"a": {"x": 0.5, "x_se": 0.04}}, [("x", "X", "{:.2f}")])[2] == "| a | 0.50 ± 0.04 |"
+
+
+def test_standard_errors_of_rates_and_of_their_mean_over_styles():
+    errors = standard_errors({"style_accuracy": 0.5, "leakage": 0.0, "text_score": 0.8, "num_images": 100})
+    assert errors == {"style_accuracy_se": 0.05, "leakage_se": 0.0}  # sqrt(.5 * .5 / 100); scores have none
+    blocks = {
+        style: {
+            "methods": {
+                "m": {"style_accuracy": p, "num_images": 64, **standard_errors({"style_accuracy": p, "num_images": 64})}
+            }
+        }
+        for style, p in (("a", 0.5), ("b", 0.25))
+    }
+    mean = mean_over_styles(blocks, "methods")["m"]
+    assert mean["style_accuracy"] == 0.375
+    # the mean of two independent rates: sqrt(se_a² + se_b²) / 2, not the mean of the two errors
+    expected = math.sqrt(0.25 / 64 + 0.1875 / 64) / 2
+    assert math.isclose(mean["style_accuracy_se"], expected) and mean["style_accuracy_se"] < (0.0625 + 0.0541) / 2
 
 
 def test_feedback_table_reports_what_each_round_2_trained_on(tmp_path, monkeypatch):

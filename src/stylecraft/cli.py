@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--style", action="append", default=None, help="style to evaluate (repeat; default: held-out)")
     p.add_argument("--method", action="append", default=None, help="method (repeat; default: all four)")
-    p.add_argument("--num-images", type=int, default=4, help="images per prompt (default 4)")
+    p.add_argument("--num-images", type=int, default=16, help="images per prompt (default 16)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: each recipe's)")
     _add_out(p)
 
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--style", action="append", default=None, help="style to evaluate (repeat; default: held-out)")
     p.add_argument("--per-prompt", type=int, default=8, help="candidates per feedback prompt (default 8)")
-    p.add_argument("--num-images", type=int, default=4, help="evaluation images per prompt (default 4)")
+    p.add_argument("--num-images", type=int, default=16, help="evaluation images per prompt (default 16)")
     p.add_argument("--steps", type=int, default=None, help="training steps of both rounds (default: recipes')")
     _add_out(p)
 

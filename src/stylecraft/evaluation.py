@@ -81,10 +81,22 @@ def measure(images: list[Image.Image], prompts: list[str], task: StyleTask, orac
         "leakage": float(leak.mean()),
         "num_images": len(images),
     }
+    metrics.update(standard_errors(metrics))
     if scorer is not None:
         metrics["text_score"] = float(scorer.text_scores(images, prompts).mean())
         metrics["style_score"] = float(scorer.style_scores(images, task.reference).mean())
     return metrics
+
+
+SE_NOTE = "± is a rate's standard error over its images (binomial: other sampling seeds, the same prompts)."
+RATES = ("style_accuracy", "shape_accuracy", "colour_accuracy", "content_accuracy", "all_correct", "leakage")
+
+
+def standard_errors(metrics: dict, rates: tuple[str, ...] = RATES) -> dict:
+    """``{rate}_se``: the binomial standard error sqrt(p (1 - p) / n) of each rate in ``metrics`` over its
+    ``num_images`` images: how far the rate could move with other sampling seeds, for this prompt set."""
+    n = metrics["num_images"]
+    return {f"{key}_se": float(np.sqrt(metrics[key] * (1 - metrics[key]) / n)) for key in rates if key in metrics}
 
 
 def generate(
@@ -168,7 +180,7 @@ def run_table(
     model: str | None = None,
     styles: tuple[str, ...] | None = None,
     methods: list[str] | None = None,
-    num_images: int = 4,
+    num_images: int = 16,
     steps: int | None = None,
     overwrite: bool = False,
 ) -> dict:
@@ -218,10 +230,16 @@ def mean_over_styles(blocks: dict, section: str, keys: tuple[str, ...] | None = 
     """For each row of ``section`` (e.g. "methods") in the per-style ``blocks``, the mean of each metric over the
     styles (``keys``; default: every metric of the first style's row)."""
     first = next(iter(blocks.values()))[section]
-    return {
-        row: {key: float(np.mean([block[section][row][key] for block in blocks.values()])) for key in keys or metrics}
-        for row, metrics in first.items()
-    }
+    means = {}
+    for row, metrics in first.items():
+        chosen = [k for k in keys or metrics if not k.endswith("_se")]
+        values = {k: [block[section][row][k] for block in blocks.values()] for k in chosen}
+        means[row] = {k: float(np.mean(v)) for k, v in values.items()}
+        for k in chosen:  # the standard error of a mean of independent styles: sqrt(sum of squares) / count
+            if f"{k}_se" in metrics:
+                errors = np.array([block[section][row][f"{k}_se"] for block in blocks.values()])
+                means[row][f"{k}_se"] = float(np.sqrt((errors**2).sum()) / len(errors))
+    return means
 
 
 TABLE_COLUMNS = [
@@ -240,7 +258,11 @@ def markdown_table(per_method: dict, columns: list[tuple[str, str, str]]) -> lis
     """Lines of a markdown table: one row per method, ``columns`` = (key, label, format)."""
     lines = ["| method | " + " | ".join(label for _, label, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for method, metrics in per_method.items():
-        lines.append(f"| {method} | " + " | ".join(fmt.format(metrics[key]) for key, _, fmt in columns) + " |")
+        cells = [
+            fmt.format(metrics[key]) + (f" ± {fmt.format(metrics[key + '_se'])}" if key + "_se" in metrics else "")
+            for key, _, fmt in columns
+        ]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -250,7 +272,7 @@ def table_markdown(results: dict) -> str:
         f"# Shapes world, StyleDrop Table 2 layout (model `{results['model']}`)",
         "",
         f"{results['num_images']} images per prompt, seed {results['eval_seed']}, CFG {results['guidance']}, "
-        f"λA {results['lambda_a']} for adapters.",
+        f"λA {results['lambda_a']} for adapters. {SE_NOTE}",
     ]
     return report_markdown(results, TABLE_COLUMNS, intro, per_style=lambda style: f"![grid](grid_{style}.png)")
 
@@ -282,6 +304,7 @@ def run_cli(args) -> int:
 
 # ---- feedback rounds (StyleDrop §3.3) in the shapes world -----------------------------------------------------
 LAMBDA_A_SWEEP = (0.0, 0.25, 0.5, 1.0, 2.0)
+SWEEP_IMAGES = 8  # images per prompt at each λA of the sweep (at most the table's own count)
 FEEDBACK_ROWS = ("Round 1", "Round 2 CLIP feedback", "Round 2 random", "Round 2 oracle-picked (human stand-in)")
 
 
@@ -300,7 +323,8 @@ def judge_candidates(round_dir, files: list[str] | None, task: StyleTask, oracle
     _, scores = read_round(round_dir)
     files = sorted(scores) if files is None else files
     images = [Image.open(f"{round_dir}/candidates/{f}").convert("RGB") for f in files]
-    return measure(images, [scores[f]["prompt"] for f in files], task, oracles)
+    metrics = measure(images, [scores[f]["prompt"] for f in files], task, oracles)
+    return {k: v for k, v in metrics.items() if not k.endswith("_se")}  # the whole set, not a sample of it
 
 
 def oracle_pick(round_dir, task: StyleTask, oracles) -> list[str]:
@@ -338,7 +362,7 @@ def run_feedback_table(
     model: str | None = None,
     styles: tuple[str, ...] | None = None,
     per_prompt: int = 8,
-    num_images: int = 4,
+    num_images: int = 16,
     round1_steps: int | None = None,
     round2_steps: int | None = None,
     overwrite: bool = False,
@@ -428,7 +452,12 @@ def run_feedback_table(
                 for lambda_a in LAMBDA_A_SWEEP:
                     swept = SamplingConfig(steps=12, guidance_scale=GUIDANCE, lambda_a=lambda_a)
                     images, prompts_ = generate(
-                        muse, task.prompts, num_images, swept, model=adapters[row][0], adapter="adapter"
+                        muse,
+                        task.prompts,
+                        min(num_images, SWEEP_IMAGES),
+                        swept,
+                        model=adapters[row][0],
+                        adapter="adapter",
                     )
                     block["lambda_a_sweep"][row][str(lambda_a)] = measure(images, prompts_, task, oracles)
             results["styles"][style] = block
@@ -459,7 +488,7 @@ def feedback_markdown(results: dict) -> str:
         "from) picked by CLIP text score, at random, or by the oracles (a stand-in upper bound for a person's "
         "picks; evaluation only). Evaluation: "
         f"{results['num_images']} images per prompt on prompts disjoint from the feedback prompts, CFG "
-        f"{results['guidance']}, λA {results['lambda_a']}.",
+        f"{results['guidance']}, λA {results['lambda_a']}. {SE_NOTE}",
     ]
     plots = "![style accuracy vs leakage](style_vs_leakage.png) ![style accuracy vs lambda A](style_vs_lambda_a.png)"
     training = []
@@ -540,13 +569,14 @@ def measure_glyph(images: list[Image.Image], style: str, oracles, detector) -> d
     glyph = detector.predict(array)
     predicted = oracles.predict(array)
     styled = predicted["style"] == ATTRIBUTES["style"].index(style)
-    return {
+    metrics = {
         "glyph_rate": float(glyph.mean()),
         "style_accuracy": float(styled.mean()),
         "colour_accuracy": float((predicted["colour"] == COLOUR_NAMES.index(GLYPH_COLOUR)).mean()),
         "both_correct": float((glyph & styled).mean()),
         "num_images": len(images),
     }
+    return {**metrics, **standard_errors(metrics, ("glyph_rate", "style_accuracy", "colour_accuracy", "both_correct"))}
 
 
 def run_two_adapter_table(
@@ -644,7 +674,8 @@ def two_adapter_markdown(results: dict) -> str:
         f"Prompt: `{results['prompt']}`. Content adapter: {results['content_images']} renders of "
         f"`{results['content_prompt']}` (a shape no model saw). Style adapter: one render of "
         f"`{results['style_reference']}`. {results['num_images']} images per row, seed {results['eval_seed']}, "
-        f"CFG {results['guidance']}. Best γ: **{results['best_gamma']:g}**. Grid: grid.png (first row: the inputs).",
+        f"CFG {results['guidance']}. Best γ: **{results['best_gamma']:g}**. Grid: grid.png (first row: the inputs). "
+        f"{SE_NOTE}",
         "",
         *markdown_table(rows, columns),
     ]
