@@ -1,8 +1,8 @@
 """The shapes-world measurements: prompts, oracle metrics and leakage, on ground-truth renders."""
 
-from PIL import Image
-
 import math
+
+from PIL import Image
 
 from stylecraft.evaluation import (
     FEEDBACK_ROWS,

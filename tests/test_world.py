@@ -404,6 +404,51 @@ def test_ship_a_later_muse_stage_keeps_the_records_of_every_stage(tmp_path, monk
     assert (weights / "clip" / "config.json").read_text() == "{}"
 
 
+def test_clip_vision_stage_keeps_the_text_tower_that_muse_mini_reads(tmp_path, monkeypatch):
+    import json
+
+    from safetensors.torch import load_file
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from stylecraft.world import pretrain
+
+    recipe = _later_stage_recipe(tmp_path, "clip-vision", init="shapes")
+    run = tmp_path / "run"
+    pretrain.main(["clip", "--section", "clip-vision", "--recipe", recipe, "--out", str(run), "--threads", "1"])
+    trained = load_file(run / "clip" / "model.safetensors")
+    shipped = load_file(shapes_clip_dir() / "model.safetensors")
+    muse_text = load_file(shapes_model_dir() / "text_encoder" / "model.safetensors")
+    assert trained.keys() == shipped.keys()
+    text = [k for k in trained if k.startswith(("text_model.", "text_projection."))]
+    assert text and all(torch.equal(trained[k], shipped[k]) for k in text)  # frozen, bit for bit ...
+    assert all(torch.equal(trained[k], muse_text[k]) for k in text)  # ... so it is still Muse-mini's text encoder
+    assert not all(torch.equal(trained[k], shipped[k]) for k in trained if k.startswith("vision_model."))
+    record = json.loads((run / "training.json").read_text())
+    assert set(record["recipe"]["extra"]["attribute_negatives"]) == {"shape", "colour", "style", "size"}
+    assert {"zero_shot_shape", "retrieval_top1_of_2"} <= set(record["metrics"])
+    lineage = json.loads((run / pretrain.LINEAGE).read_text())
+    assert lineage[-1] == json.loads((shapes_clip_dir() / "training.json").read_text())  # what it started from
+    CLIPTokenizer.from_pretrained(run / "clip", local_files_only=True)  # a complete CLIP folder
+    CLIPModel.from_pretrained(run / "clip", local_files_only=True)
+    monkeypatch.setattr(pretrain, "WEIGHTS", tmp_path / "weights")
+    pretrain.main(["ship", "--clip", str(run), "--only", "clip"])
+    assert json.loads((tmp_path / "weights" / "clip" / pretrain.LINEAGE).read_text()) == lineage
+    with pytest.raises(SystemExit, match="no config.json"):
+        pretrain.main(
+            [
+                "clip",
+                "--section",
+                "clip-vision",
+                "--recipe",
+                _later_stage_recipe(tmp_path, "clip-vision", init=str(tmp_path / "missing")),
+                "--out",
+                str(tmp_path / "other"),
+                "--threads",
+                "1",
+            ]
+        )
+
+
 def test_a_later_vq_stage_names_a_missing_or_older_starting_vq(tmp_path):
     import json
 

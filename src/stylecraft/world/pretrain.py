@@ -396,6 +396,9 @@ def train_clip(recipe: Recipe, out: Path, resume: bool) -> None:
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     torch.manual_seed(recipe.seed)
+    if recipe.extra.get("init"):
+        train_clip_vision(recipe, out, resume)
+        return
     max_length = recipe.extra.get("max_length", 32)
     tokenizer = build_tokenizer(out / "clip", max_length, resume)
     text = {
@@ -432,6 +435,93 @@ def train_clip(recipe: Recipe, out: Path, resume: bool) -> None:
     finish(out, "clip", recipe, wall, history, evaluate_clip(clip, tokenizer, recipe.eval_images))
 
 
+def _clip_folder(init: str) -> Path:
+    """The CLIP a stage continues: ``"shapes"`` (the shipped one) or a CLIP run folder (holding ``clip/``)."""
+    folder = WEIGHTS / "clip" if init == "shapes" else Path(init) / "clip"
+    if not (folder / "config.json").is_file():
+        raise StylecraftError(
+            f"this stage starts from the CLIP in {folder}, which has no config.json: train that first (python -m "
+            "stylecraft.world.pretrain clip --out runs/world/clip) or set the recipe's extra.init"
+        )
+    return folder
+
+
+def _variants(scenes: renderer.Scenes, name: str) -> list[list[str]]:
+    """For each value of attribute ``name``: the scenes' captions with that attribute set to it (the true
+    caption among them), as in the zero-shot evaluation."""
+    captions = []
+    for value in range(len(ATTRIBUTES[name])):
+        changed = renderer.Scenes(**{k: v.copy() for k, v in scenes.labels().items()})
+        getattr(changed, name)[:] = value
+        if name == "size":  # large shapes are centred
+            changed.position[:] = np.where(changed.size == 1, 0, scenes.position)
+        captions.append(changed.captions())
+    return captions
+
+
+def train_clip_vision(recipe: Recipe, out: Path, resume: bool) -> None:
+    """A later CLIP stage that trains the image tower only. The text tower and its projection stay frozen, so they
+    remain Muse-mini's text encoder, bit for bit. The loss is CLIP's, plus, for each attribute in
+    ``extra.attribute_negatives``, a cross-entropy of each image over its caption and the captions that change only
+    that attribute (the zero-shot test, on training renders): contrastive batches of random captions rarely differ
+    in shape alone, so plain CLIP training learns shape last."""
+    from transformers import CLIPModel, CLIPTokenizer
+
+    source = _clip_folder(recipe.extra["init"])
+    clip = CLIPModel.from_pretrained(source, local_files_only=True)
+    tokenizer = CLIPTokenizer.from_pretrained(source, local_files_only=True)
+    if not (resume and (out / LINEAGE).is_file()):  # the records of the stages this one continues, oldest first
+        record = source / "training.json" if (source / "training.json").is_file() else source.parent / "training.json"
+        before = json.loads((source / LINEAGE).read_text()) if (source / LINEAGE).is_file() else []
+        write_json(out / LINEAGE, [*before, json.loads(record.read_text())])
+    clip.text_model.requires_grad_(False).eval()
+    clip.text_projection.requires_grad_(False)
+    trainable = [p for p in clip.parameters() if p.requires_grad]  # vision tower, its projection, logit scale
+    attributes = recipe.extra.get("attribute_negatives", ["shape", "colour", "style", "size"])
+    cache: dict[str, torch.Tensor] = {}
+
+    def embed(captions: list[str]) -> torch.Tensor:  # the frozen text tower, once per distinct caption
+        new = [c for c in dict.fromkeys(captions) if c not in cache]
+        if new:
+            cache.update(zip(new, clip_embed_text(clip, tokenizer, new), strict=True))
+        return torch.stack([cache[c] for c in captions])
+
+    data = renderer.stream(recipe.batch_size, recipe.seed)
+
+    def step_fn(step):
+        images, scenes = next(data)
+        image = F.normalize(clip.get_image_features(pixel_values=to_tensor(images) * 2 - 1).pooler_output, dim=-1)
+        scale = clip.logit_scale.exp()
+        text = embed(scenes.captions())
+        logits = scale * image @ text.T
+        # captions repeat within a batch: every image whose caption equals column j's is a right answer for it
+        same = torch.tensor([[a == b for b in scenes.captions()] for a in scenes.captions()], dtype=torch.float32)
+        contrastive = -(F.log_softmax(logits, 1) * same / same.sum(1, keepdim=True)).sum(1).mean()
+        logs, losses = {"scale": round(scale.item(), 2)}, [contrastive]
+        for name in attributes:
+            options = torch.stack([embed(c) for c in _variants(scenes, name)], dim=1)  # [n, values, d]
+            loss = F.cross_entropy(
+                scale * (options @ image[:, :, None])[..., 0], torch.from_numpy(getattr(scenes, name))
+            )
+            losses.append(loss)
+            logs[name] = round(loss.item(), 3)
+        return sum(losses), logs
+
+    wall, history = train_loop(recipe, out, {"clip": clip}, trainable, step_fn, resume)
+    clip.save_pretrained(out / "clip")
+    for file in (
+        "vocab.json",
+        "merges.txt",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "preprocessor_config.json",
+    ):
+        if (source / file).is_file():
+            shutil.copy(source / file, out / "clip" / file)
+    clip = CLIPModel.from_pretrained(out / "clip", local_files_only=True).eval()
+    finish(out, "clip", recipe, wall, history, evaluate_clip(clip, tokenizer, recipe.eval_images))
+
+
 @torch.no_grad()
 def clip_embed_text(clip, tokenizer, captions: list[str]) -> torch.Tensor:
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
@@ -446,14 +536,7 @@ def evaluate_clip(clip, tokenizer, n: int) -> dict:
     image_features = F.normalize(clip.get_image_features(pixel_values=to_tensor(images) * 2 - 1).pooler_output, dim=-1)
     result = {}
     for name in ("shape", "colour", "style", "size"):
-        classes = ATTRIBUTES[name]
-        candidates = []
-        for value in range(len(classes)):
-            changed = renderer.Scenes(**{k: v.copy() for k, v in scenes.labels().items()})
-            getattr(changed, name)[:] = value
-            if name == "size":  # large shapes are centred
-                changed.position[:] = np.where(changed.size == 1, 0, scenes.position)
-            candidates.append(clip_embed_text(clip, tokenizer, changed.captions()))
+        candidates = [clip_embed_text(clip, tokenizer, captions) for captions in _variants(scenes, name)]
         similarity = torch.stack([(image_features * c).sum(-1) for c in candidates], dim=1)  # [n, classes]
         truth = torch.from_numpy(getattr(scenes, name))
         result[f"zero_shot_{name}"] = round((similarity.argmax(1) == truth).float().mean().item(), 4)
@@ -632,10 +715,13 @@ def evaluate_muse(folder: Path, oracles: Oracles, settings: dict) -> dict:
 
 
 # ---- shipping -----------------------------------------------------------------------------------------------------
-def ship(runs: Path, vq_dir: Path, muse_run: Path | None = None, only: list[str] | None = None) -> None:
+def ship(
+    runs: Path, vq_dir: Path, muse_run: Path | None = None, only: list[str] | None = None, clip_run: Path | None = None
+) -> None:
     """Copy trained models from ``runs`` (oracles/, glyph/, clip/, muse/) into the package's weights folder; the VQ's
-    training record comes from ``vq_dir`` (the VQ run Muse-mini was trained with). ``muse_run`` ships another Muse
-    run folder (e.g. a later stage); ``only`` ships just the named models."""
+    training record comes from ``vq_dir`` (the VQ run Muse-mini was trained with). ``muse_run`` and ``clip_run`` ship
+    other run folders (e.g. a later stage; its earlier stages' records go with it); ``only`` ships just the named
+    models."""
     wanted = set(only or ("oracles", "glyph", "clip", "muse"))
     WEIGHTS.mkdir(parents=True, exist_ok=True)
     if "oracles" in wanted:
@@ -657,12 +743,15 @@ def ship(runs: Path, vq_dir: Path, muse_run: Path | None = None, only: list[str]
     vq_record = (
         (shipped_vq / "training.json").read_text() if same_vq and (shipped_vq / "training.json").is_file() else None
     )
-    for name, source in (("clip", runs / "clip" / "clip"), ("muse", muse_run / "muse")):
+    clip_run = clip_run or runs / "clip"
+    for name, source in (("clip", clip_run / "clip"), ("muse", muse_run / "muse")):
         if name in wanted:  # copied beside the shipped folder first, so a failed copy leaves that one whole
             staging = WEIGHTS / f".{name}.shipping"
             shutil.rmtree(staging, ignore_errors=True)
             shutil.copytree(source, staging)
             shutil.copy(source.parent / "training.json", staging / "training.json")
+            if name == "clip" and (clip_run / LINEAGE).is_file():
+                shutil.copy(clip_run / LINEAGE, staging / LINEAGE)
             shutil.rmtree(WEIGHTS / name, ignore_errors=True)
             staging.rename(WEIGHTS / name)
     if "muse" in wanted:
@@ -709,7 +798,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, help="override the recipe's torch CPU threads")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument("--vq", type=Path, default=Path("runs/world/vq"), help="VQ run folder (for muse)")
-    parser.add_argument("--clip", type=Path, default=Path("runs/world/clip"), help="CLIP run folder (for muse)")
+    parser.add_argument(
+        "--clip",
+        type=Path,
+        default=Path("runs/world/clip"),
+        help="CLIP run folder (for muse; for ship, the one to ship)",
+    )
     parser.add_argument("--runs", type=Path, default=Path("runs/world"), help="folder of runs to ship")
     parser.add_argument("--muse", type=Path, help="Muse run folder to ship (default RUNS/muse), e.g. a later stage")
     parser.add_argument("--only", nargs="+", choices=["oracles", "glyph", "clip", "muse"], help="ship just these")
@@ -728,7 +822,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.model == "ship":
-        ship(args.runs, args.vq, args.muse, args.only)
+        ship(args.runs, args.vq, args.muse, args.only, args.clip)
         return
     if args.out is None:
         parser.error("--out is required")
