@@ -22,6 +22,8 @@ notes' diagnoses. Each prints oracle accuracies; none writes anything.
                                                                # --encode-pngs: Round 2 without the kept tokens
     python scripts/muse_dev_checks.py round-trip               # Round 2's picks as drawn vs through the VQ again
                                                                # (--feedback-dir, default runs/eval-feedback)
+    python scripts/muse_dev_checks.py round2 --round2-steps 300 900   # Round 2 again on a feedback folder's picks
+                                                               # (--feedback-dir, --picks, --round2-recipe) (777)
 
 ``--model`` takes any Muse folder (default: the shipped one).
 """
@@ -328,6 +330,46 @@ def round_trip(model, args) -> None:
             print(style, method, f"picks {rates[0]:.3f}, after a VQ round trip {rates[1]:.3f}", flush=True)
 
 
+def round2(model, args) -> None:
+    """Round 2 trained again on the picks an eval-feedback folder (``--feedback-dir``) made, with
+    ``--round2-recipe`` at each of ``--round2-steps``, judged on the held-out styles' prompts (seed ``--seed``): does
+    Round 2 learn what its picks show (their oracle rates are in that folder's report)?"""
+    import json
+    from pathlib import Path
+
+    from stylecraft.evaluation import GUIDANCE, LAMBDA_A, generate, make_task, measure, oracle_pick
+    from stylecraft.feedback import train_round
+    from stylecraft.sampling import SamplingConfig
+    from stylecraft.world.oracles import load_oracles
+
+    oracles, folder = load_oracles(), Path(args.feedback_dir)
+    results = json.loads((folder / "results.json").read_text())
+    config = SamplingConfig(steps=12, guidance_scale=GUIDANCE, lambda_a=LAMBDA_A)
+    rows: dict[tuple, list[dict]] = {}
+    for style, block in results["styles"].items():
+        task, round_dir = make_task(style), folder / style.replace(" ", "-") / "round2"
+        for method in args.picks:
+            # "oracle": the oracle picks as oracle_pick makes them now (the folder's may predate a change to it)
+            picks = oracle_pick(round_dir, task, oracles) if method == "oracle" else block["picks"][method]
+            for steps in args.round2_steps:
+                adapted = train_round(
+                    model,
+                    round_dir,
+                    picks,
+                    recipe=args.round2_recipe,
+                    steps=steps,
+                    progress=False,
+                    adapter_dir=Path(tempfile.mkdtemp()) / "r2",
+                )
+                images, prompts = generate(
+                    model, task.prompts, 4, config, model=adapted, adapter="adapter", seed=args.seed
+                )
+                rows.setdefault((method, steps), []).append(measure(images, prompts, task, oracles))
+                print(style, method, steps, _rounded(rows[(method, steps)][-1]), flush=True)
+    for (method, steps), metrics in rows.items():
+        print("mean", method, steps, _rounded(_mean(metrics)), flush=True)
+
+
 CHECKS = {
     "guidance": guidance,
     "by-size": by_size,
@@ -339,6 +381,7 @@ CHECKS = {
     "mix": mix,
     "feedback": feedback,
     "round-trip": round_trip,
+    "round2": round2,
 }
 
 
@@ -371,6 +414,13 @@ def main() -> None:
         "--encode-pngs", action="store_true", help="`feedback`: Round 2 on the picked PNGs encoded again, not on tokens"
     )
     parser.add_argument("--feedback-dir", default="runs/eval-feedback", help="`round-trip`: an eval-feedback folder")
+    parser.add_argument("--round2-steps", type=int, nargs="+", default=[300], help="`round2`: Round 2 step counts")
+    parser.add_argument(
+        "--picks",
+        nargs="+",
+        default=["Round 2 CLIP feedback", "Round 2 oracle-picked (human stand-in)"],
+        help="`round2`: which picks of the feedback folder to train on (oracle: oracle_pick's, made again)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

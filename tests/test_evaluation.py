@@ -84,3 +84,36 @@ def test_feedback_table_reports_what_each_round_2_trained_on(tmp_path, monkeypat
     assert list(block["lambda_a_sweep"]["Round 1"]) == ["0.0", "1.0"]
     report = (tmp_path / "fb" / "report.md").read_text()
     assert "What each Round 2 trained on" in report and (tmp_path / "fb" / "style_vs_lambda_a.png").is_file()
+
+
+def test_oracle_picks_skip_a_prompt_with_no_right_candidate(tmp_path):
+    """The human stand-in picks, per prompt, a candidate the oracles judge right, and none where every candidate is
+    wrong (as a careful person would); with no right candidate anywhere it falls back to the best text score."""
+    import json
+
+    from stylecraft.evaluation import oracle_pick
+    from stylecraft.world import render_prompts
+
+    task = make_task("pixel art")
+    prompts = ["a large blue square in pixel art style", "a large green star in pixel art style"]
+    drawn = {  # candidates as renders: prompt 0 has one right candidate, prompt 1 only wrong ones
+        "p000_k000.png": ("a large blue square in flat color style", 0.9),  # wrong style, best text score
+        "p000_k001.png": ("a large blue square in pixel art style", 0.5),  # right
+        "p001_k000.png": ("a large red circle in pixel art style", 0.8),  # the reference's content
+        "p001_k001.png": ("a large green star in flat color style", 0.7),  # wrong style
+    }
+    (tmp_path / "candidates").mkdir()
+    scores = {}
+    for (file, (_, text_score)), image in zip(
+        drawn.items(), render_prompts([w for w, _ in drawn.values()], seed=3), strict=True
+    ):
+        Image.fromarray(image).save(tmp_path / "candidates" / file)
+        index = int(file[1:4])
+        scores[file] = {"prompt_index": index, "prompt": prompts[index], "text_score": text_score, "style_score": 0.0}
+    (tmp_path / "scores.json").write_text(json.dumps(scores))
+    (tmp_path / "round.json").write_text(json.dumps({"prompts": prompts, "per_prompt": 2}))
+    assert oracle_pick(tmp_path, task, load_oracles()) == ["p000_k001.png"]
+    # now no prompt has a right candidate: the best text score per prompt
+    wrong = render_prompts(["a large yellow moon in flat color style"], seed=3)[0]
+    Image.fromarray(wrong).save(tmp_path / "candidates" / "p000_k001.png")
+    assert oracle_pick(tmp_path, task, load_oracles()) == ["p000_k000.png", "p001_k000.png"]

@@ -328,7 +328,9 @@ def judge_candidates(round_dir, files: list[str] | None, task: StyleTask, oracle
 
 
 def oracle_pick(round_dir, task: StyleTask, oracles) -> list[str]:
-    """Per prompt, the candidate the oracles judge right (content and style; best CLIP text score among those).
+    """Per prompt, the candidate the oracles judge right (content and style; best CLIP text score among those);
+    a prompt with no right candidate gets no pick, as a careful person would leave it (if no prompt has one, the
+    best text score per prompt, so that Round 2 has something to train on).
 
     Evaluation only: a stand-in upper bound for a careful person's picks, never used by the product.
     """
@@ -341,7 +343,11 @@ def oracle_pick(round_dir, task: StyleTask, oracles) -> list[str]:
     from .world.oracles import ATTRIBUTES
 
     style_id = ATTRIBUTES["style"].index(task.style)
-    picks = []
+
+    def text_score(i: int) -> float:
+        return scores[files[i]]["text_score"]
+
+    picks, fallback = [], []
     for p, prompt in enumerate(settings["prompts"]):
         wanted = parse_caption(prompt)
         candidates = [i for i, f in enumerate(files) if scores[f]["prompt_index"] == p]
@@ -352,9 +358,10 @@ def oracle_pick(round_dir, task: StyleTask, oracles) -> list[str]:
             and predicted["shape"][i] == SHAPES.index(wanted["shape"])
             and predicted["colour"][i] == COLOUR_NAMES.index(wanted["colour"])
         ]
-        best = max(right or candidates, key=lambda i: scores[files[i]]["text_score"])
-        picks.append(files[best])
-    return picks
+        if right:
+            picks.append(files[max(right, key=text_score)])
+        fallback.append(files[max(candidates, key=text_score)])
+    return picks or fallback
 
 
 def run_feedback_table(
