@@ -801,8 +801,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--clip",
         type=Path,
-        default=Path("runs/world/clip"),
-        help="CLIP run folder (for muse; for ship, the one to ship)",
+        help="CLIP run folder: for muse, its text tower (default runs/world/clip); for ship, the one to ship "
+        "(default RUNS/clip)",
     )
     parser.add_argument("--runs", type=Path, default=Path("runs/world"), help="folder of runs to ship")
     parser.add_argument("--muse", type=Path, help="Muse run folder to ship (default RUNS/muse), e.g. a later stage")
@@ -844,7 +844,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     elif args.model == "clip":
         train_clip(recipe, args.out, args.resume)
     else:
-        train_muse(recipe, args.out, args.resume, args.vq, args.clip, args.oracles)
+        train_muse(recipe, args.out, args.resume, args.vq, args.clip or Path("runs/world/clip"), args.oracles)
 
 
 if __name__ == "__main__":
