@@ -2,8 +2,10 @@
 
 import math
 
+import pytest
 from PIL import Image
 
+from stylecraft.errors import StylecraftError
 from stylecraft.evaluation import (
     FEEDBACK_ROWS,
     make_task,
@@ -68,10 +70,20 @@ def test_feedback_table_reports_what_each_round_2_trained_on(tmp_path, monkeypat
     oracles' view of each Round-2 training set."""
     monkeypatch.setattr("stylecraft.evaluation.LAMBDA_A_SWEEP", (0.0, 1.0))  # two points of the sweep are enough
     results = run_feedback_table(
-        tmp_path / "fb", styles=("neon glow",), per_prompt=2, num_images=1, round1_steps=2, round2_steps=2
+        tmp_path / "fb", styles=("neon glow",), per_prompt=2, num_images=1, round1_steps=2, round2_steps=2, repeats=2
     )
     block = results["styles"]["neon glow"]
     assert list(block["methods"]) == list(FEEDBACK_ROWS)
+    # two repeats: candidates drawn with seeds 0 and 1, so two sets of picks, and Round 2 rows pool both
+    first, second = block["repeats"]
+    assert first["picks"] == block["picks"] and (tmp_path / "fb" / "neon-glow" / "round2-seed1" / "candidates").is_dir()
+    assert block["methods"]["Round 1"]["num_images"] == 8  # 8 prompts × 1 image
+    assert (
+        block["methods"]["Round 2 random"]["num_images"] == 16 == 2 * second["methods"]["Round 2 random"]["num_images"]
+    )
+    pooled = block["methods"]["Round 2 CLIP feedback"]["style_accuracy"]
+    each = [run["methods"]["Round 2 CLIP feedback"]["style_accuracy"] for run in block["repeats"]]
+    assert abs(pooled - sum(each) / 2) < 1e-9
     sets = block["training_sets"]
     assert list(sets) == ["all candidates", *FEEDBACK_ROWS[1:]]
     assert sets["all candidates"]["num_images"] == 2 * len(block["picks"]["Round 2 CLIP feedback"])
@@ -84,6 +96,9 @@ def test_feedback_table_reports_what_each_round_2_trained_on(tmp_path, monkeypat
     assert list(block["lambda_a_sweep"]["Round 1"]) == ["0.0", "1.0"]
     report = (tmp_path / "fb" / "report.md").read_text()
     assert "What each Round 2 trained on" in report and (tmp_path / "fb" / "style_vs_lambda_a.png").is_file()
+    assert "| repeat 1 (candidate seed 1): Round 2 random |" in report
+    with pytest.raises(StylecraftError, match="--repeats must be at least 1"):
+        run_feedback_table(tmp_path / "fb0", styles=("neon glow",), repeats=0)
 
 
 def test_oracle_picks_skip_a_prompt_with_no_right_candidate(tmp_path):

@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--style", action="append", default=None, help="style to evaluate (repeat; default: held-out)")
     p.add_argument("--per-prompt", type=int, default=8, help="candidates per feedback prompt (default 8)")
     p.add_argument("--num-images", type=int, default=16, help="evaluation images per prompt (default 16)")
+    p.add_argument(
+        "--repeats", type=int, default=1, help="Round 2 repeats, each on candidates of another seed (default 1)"
+    )
     p.add_argument("--steps", type=int, default=None, help="training steps of both rounds (default: recipes')")
     _add_out(p)
 

@@ -373,9 +373,14 @@ def run_feedback_table(
     round1_steps: int | None = None,
     round2_steps: int | None = None,
     overwrite: bool = False,
+    repeats: int = 1,
 ) -> dict:
-    """Round 1 vs Round 2 with CLIP / random / oracle-picked feedback, per held-out style; JSON + markdown."""
+    """Round 1 vs Round 2 with CLIP / random / oracle-picked feedback, per held-out style; JSON + markdown.
+
+    ``repeats`` > 1 runs each Round 2 again on candidates drawn with other seeds (so other picks): its rows pool the
+    images of every repeat, and ``repeats`` in each style's block keeps each repeat's picks and metrics."""
     from .api import load
+    from .errors import StylecraftError
     from .feedback import SHAPES_WORLD_CONTENT, generate_candidates, select, train_round
     from .io import output_dir, write_json
     from .sampling import SamplingConfig
@@ -384,6 +389,8 @@ def run_feedback_table(
     from .world import HELD_OUT_STYLES
     from .world.oracles import load_oracles
 
+    if repeats < 1:
+        raise StylecraftError(f"--repeats must be at least 1, got {repeats}")
     styles = tuple(styles or HELD_OUT_STYLES)
     muse = load(model)
     oracles, scorer = load_oracles(), load_scorer()
@@ -392,6 +399,7 @@ def run_feedback_table(
         "model": muse.name,
         "num_images": num_images,
         "per_prompt": per_prompt,
+        "repeats": repeats,
         "guidance": GUIDANCE,
         "lambda_a": LAMBDA_A,
         "eval_seed": EVAL_SEED,
@@ -410,50 +418,66 @@ def run_feedback_table(
                 progress=False,
             )
             adapters = {"Round 1": (round1, base / "round1")}
-            round_dir = base / "round2"
             prompts = [f"{content} in {style} style" for content in SHAPES_WORLD_CONTENT]
-            generate_candidates(
-                muse,
-                base / "round1",
-                prompts,
-                round_dir,
-                style,
-                per_prompt=per_prompt,
-                config=SamplingConfig(steps=12, guidance_scale=GUIDANCE, lambda_a=LAMBDA_A),
-                progress=False,
-            )
-            picks = {
-                "Round 2 CLIP feedback": select(round_dir, "clip"),
-                "Round 2 random": select(round_dir, "random"),
-                "Round 2 oracle-picked (human stand-in)": oracle_pick(round_dir, task, oracles),
-            }
-            for row, selected in picks.items():
-                slug = row.split()[2].lower()
-                model2 = train_round(
+            drawn = {"Round 1": generate(muse, task.prompts, num_images, config, model=round1, adapter="adapter")}
+            runs = []  # per repeat: its picks, what they are, and each Round 2's metrics
+            for repeat in range(repeats):  # repeat r: candidates drawn with seed r, so other picks
+                suffix = f"-seed{repeat}" if repeat else ""
+                round_dir = base / f"round2{suffix}"
+                generate_candidates(
                     muse,
+                    base / "round1",
+                    prompts,
                     round_dir,
-                    selected,
-                    recipe="shapes-round2",
-                    steps=round2_steps,
+                    style,
+                    per_prompt=per_prompt,
+                    seed=repeat,
+                    config=config,
                     progress=False,
-                    adapter_dir=base / f"round2-{slug}",
                 )
-                adapters[row] = (model2, base / f"round2-{slug}")
+                picks = {
+                    "Round 2 CLIP feedback": select(round_dir, "clip"),
+                    "Round 2 random": select(round_dir, "random"),
+                    "Round 2 oracle-picked (human stand-in)": oracle_pick(round_dir, task, oracles),
+                }
+                run = {
+                    "picks": picks,
+                    # what each Round 2 trained on, judged by the oracles (and every candidate, for scale)
+                    "training_sets": {
+                        "all candidates": judge_candidates(round_dir, None, task, oracles),
+                        **{row: judge_candidates(round_dir, chosen, task, oracles) for row, chosen in picks.items()},
+                    },
+                    "methods": {},
+                }
+                for row, selected in picks.items():
+                    slug = row.split()[2].lower()
+                    model2 = train_round(
+                        muse,
+                        round_dir,
+                        selected,
+                        recipe="shapes-round2",
+                        steps=round2_steps,
+                        progress=False,
+                        adapter_dir=base / f"round2-{slug}{suffix}",
+                    )
+                    images, prompts_ = generate(muse, task.prompts, num_images, config, model=model2, adapter="adapter")
+                    run["methods"][row] = measure(images, prompts_, task, oracles)
+                    done = drawn.get(row, ([], []))
+                    drawn[row] = (done[0] + images, done[1] + prompts_)
+                    if not repeat:
+                        adapters[row] = (model2, base / f"round2-{slug}")
+                runs.append(run)
             block = {
                 "reference": task.reference_prompt,
                 "prompts": task.prompts,
-                "methods": {},
-                "picks": picks,
-                # what each Round 2 trained on, judged by the oracles (and every candidate, for scale)
-                "training_sets": {
-                    "all candidates": judge_candidates(round_dir, None, task, oracles),
-                    **{row: judge_candidates(round_dir, selected, task, oracles) for row, selected in picks.items()},
-                },
+                # each row over all its images (Round 2: every repeat's), so ± is the error of the pooled rate
+                "methods": {row: measure(*drawn[row], task, oracles, scorer) for row in FEEDBACK_ROWS},
+                "picks": runs[0]["picks"],
+                "training_sets": mean_over_styles(dict(enumerate(runs)), "training_sets"),
                 "lambda_a_sweep": {},
             }
-            for row, (model_, _) in adapters.items():
-                images, prompts_ = generate(muse, task.prompts, num_images, config, model=model_, adapter="adapter")
-                block["methods"][row] = measure(images, prompts_, task, oracles, scorer)
+            if repeats > 1:
+                block["repeats"] = runs
             for row in FEEDBACK_ROWS[:2]:  # how style guidance λA trades style against content
                 block["lambda_a_sweep"][row] = {}
                 for lambda_a in LAMBDA_A_SWEEP:
@@ -483,6 +507,7 @@ def run_feedback_table(
 
 
 FEEDBACK_COLUMNS = [c for c in TABLE_COLUMNS if c[0] not in ("train_seconds", "trainable_parameters")]
+REPEAT_COLUMNS = [c for c in TABLE_COLUMNS if c[0] in ("style_accuracy", "shape_accuracy", "leakage")]
 
 
 def feedback_markdown(results: dict) -> str:
@@ -506,6 +531,23 @@ def feedback_markdown(results: dict) -> str:
             "each was drawn for; mean over held-out styles. Compare each row with its Round 2 row above.",
             "",
             *markdown_table(results["training_sets_mean"], TRAINING_SET_COLUMNS),
+        ]
+    if results.get("repeats", 1) > 1 and results["styles"]:
+        styles = list(results["styles"].values())
+        per_repeat = {
+            f"repeat {r} (candidate seed {r}): {row}": {
+                key: float(np.mean([block["repeats"][r]["methods"][row][key] for block in styles]))
+                for key, _, _ in REPEAT_COLUMNS
+            }
+            for r in range(results["repeats"])
+            for row in FEEDBACK_ROWS[1:]
+        }
+        training += [
+            "",
+            f"Each Round 2 row above pools {results['repeats']} repeats: candidates drawn with another seed, so "
+            "other picks and another Round 2. Each repeat alone (mean over held-out styles):",
+            "",
+            *markdown_table(per_repeat, REPEAT_COLUMNS),
         ]
     return report_markdown(results, FEEDBACK_COLUMNS, intro, after_mean="\n".join([plots, *training]))
 
@@ -557,6 +599,7 @@ def run_feedback_cli(args) -> int:
         round1_steps=args.steps,
         round2_steps=args.steps,
         overwrite=args.overwrite,
+        repeats=args.repeats,
     )
     print(feedback_markdown({**results, "styles": {}}))
     return 0
