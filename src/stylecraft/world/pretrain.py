@@ -461,7 +461,7 @@ def _variants(scenes: renderer.Scenes, name: str) -> list[list[str]]:
 
 def train_clip_vision(recipe: Recipe, out: Path, resume: bool) -> None:
     """A later CLIP stage that trains the image tower only. The text tower and its projection stay frozen, so they
-    remain Muse-mini's text encoder, bit for bit. The loss is CLIP's, plus, for each attribute in
+    remain Muse-mini's text encoder, bit for bit. The loss is CLIP's image-to-caption half, plus, for each attribute in
     ``extra.attribute_negatives``, a cross-entropy of each image over its caption and the captions that change only
     that attribute (the zero-shot test, on training renders): contrastive batches of random captions rarely differ
     in shape alone, so plain CLIP training learns shape last."""
