@@ -545,7 +545,8 @@ def feedback_markdown(results: dict) -> str:
         training += [
             "",
             f"Each Round 2 row above pools {results['repeats']} repeats: candidates drawn with another seed, so "
-            "other picks and another Round 2. Each repeat alone (mean over held-out styles):",
+            "other picks and another Round 2. Its ± counts only the sampling of its images; the spread of the "
+            "repeats below is what other picks do. Each repeat alone (mean over held-out styles):",
             "",
             *markdown_table(per_repeat, REPEAT_COLUMNS),
         ]
