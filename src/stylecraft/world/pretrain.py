@@ -491,11 +491,11 @@ def train_clip_vision(recipe: Recipe, out: Path, resume: bool) -> None:
     def step_fn(step):
         images, scenes = next(data)
         image = F.normalize(clip.get_image_features(pixel_values=to_tensor(images) * 2 - 1).pooler_output, dim=-1)
-        scale = clip.logit_scale.exp()
-        text = embed(scenes.captions())
-        logits = scale * image @ text.T
+        scale, captions = clip.logit_scale.exp(), scenes.captions()
+        logits = scale * image @ embed(captions).T
         # captions repeat within a batch: every image whose caption equals column j's is a right answer for it
-        same = torch.tensor([[a == b for b in scenes.captions()] for a in scenes.captions()], dtype=torch.float32)
+        ids = torch.tensor([captions.index(c) for c in captions])
+        same = (ids[:, None] == ids[None, :]).float()
         contrastive = -(F.log_softmax(logits, 1) * same / same.sum(1, keepdim=True)).sum(1).mean()
         logs, losses = {"scale": round(scale.item(), 2)}, [contrastive]
         for name in attributes:
