@@ -433,6 +433,9 @@ def test_clip_vision_stage_keeps_the_text_tower_that_muse_mini_reads(tmp_path, m
     monkeypatch.setattr(pretrain, "WEIGHTS", tmp_path / "weights")
     pretrain.main(["ship", "--clip", str(run), "--only", "clip"])
     assert json.loads((tmp_path / "weights" / "clip" / pretrain.LINEAGE).read_text()) == lineage
+    with pytest.raises(SystemExit, match="nothing shipped: .*missing/clip does not exist"):
+        pretrain.main(["ship", "--clip", str(tmp_path / "missing"), "--only", "clip"])
+    assert json.loads((tmp_path / "weights" / "clip" / pretrain.LINEAGE).read_text()) == lineage  # untouched
     with pytest.raises(SystemExit, match="no config.json"):
         pretrain.main(
             [

@@ -723,6 +723,15 @@ def ship(
     other run folders (e.g. a later stage; its earlier stages' records go with it); ``only`` ships just the named
     models."""
     wanted = set(only or ("oracles", "glyph", "clip", "muse"))
+    muse_run, clip_run = muse_run or runs / "muse", clip_run or runs / "clip"
+    needed = {
+        "oracles": [runs / "oracles" / "oracles.safetensors", runs / "oracles" / "training.json"],
+        "clip": [clip_run / "clip", clip_run / "training.json"],
+        "muse": [muse_run / "muse", muse_run / "training.json"],
+    }
+    missing = [str(path) for name in wanted for path in needed.get(name, []) if not path.exists()]
+    if missing:  # checked before anything shipped is replaced
+        raise StylecraftError(f"nothing shipped: {missing[0]} does not exist; train that model first or name its run")
     WEIGHTS.mkdir(parents=True, exist_ok=True)
     if "oracles" in wanted:
         shutil.copy(runs / "oracles" / "oracles.safetensors", WEIGHTS / "oracles.safetensors")
@@ -730,7 +739,6 @@ def ship(
     if "glyph" in wanted and (runs / "glyph" / "glyph_oracle.safetensors").is_file():
         shutil.copy(runs / "glyph" / "glyph_oracle.safetensors", WEIGHTS / "glyph_oracle.safetensors")
         shutil.copy(runs / "glyph" / "training.json", WEIGHTS / "glyph_oracle.training.json")
-    muse_run = muse_run or runs / "muse"
     # Read before the shipped copy is replaced: the earlier stages' records, and the VQ's record if the VQ stays.
     earlier = _earlier_stages(muse_run) if "muse" in wanted else []
     shipped_vq = WEIGHTS / "muse" / "vqvae"
@@ -743,7 +751,6 @@ def ship(
     vq_record = (
         (shipped_vq / "training.json").read_text() if same_vq and (shipped_vq / "training.json").is_file() else None
     )
-    clip_run = clip_run or runs / "clip"
     for name, source in (("clip", clip_run / "clip"), ("muse", muse_run / "muse")):
         if name in wanted:  # copied beside the shipped folder first, so a failed copy leaves that one whole
             staging = WEIGHTS / f".{name}.shipping"
