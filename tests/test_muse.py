@@ -118,3 +118,17 @@ def test_amused_256_architecture_builds():
     n = sum(p.numel() for p in muse.transformer.parameters())
     assert 600e6 < n < 610e6
     assert muse.resolution == 256
+
+
+def test_shift_grid_moves_the_grid_and_repeats_its_edges():
+    from stylecraft.muse import shift_grid, shift_offsets
+
+    grid = torch.arange(9).reshape(1, 3, 3)
+    assert shift_grid(grid, 1, 0).tolist() == [[[0, 0, 1], [3, 3, 4], [6, 6, 7]]]
+    assert shift_grid(grid, 0, -1).tolist() == [[[3, 4, 5], [6, 7, 8], [6, 7, 8]]]
+    assert torch.equal(shift_grid(grid, 0, 0), grid)
+    pixels = torch.rand(2, 3, 8, 8)  # any leading dimensions: channels move together
+    assert torch.equal(shift_grid(pixels, -2, 1)[..., 1:, :6], pixels[..., :7, 2:])
+    offsets = shift_offsets(1)
+    assert offsets[0] == (0, 0) and len(offsets) == len(set(offsets)) == 9
+    assert shift_offsets(0) == [(0, 0)]

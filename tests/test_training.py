@@ -106,6 +106,7 @@ def test_recipes():
     assert (round2.rank, round2.shared) == (32, False)
     assert (lora.adapter_type, lora.rank, lora.target_modules) == ("lora", 16, ["to_q", "to_k", "to_v"])
     assert load_recipe("round1", steps=5).steps == 5
+    assert round1.shift == 0 and load_recipe("shapes-round1").shift == 1  # the paper's data; the world's recipe
     with pytest.raises(StylecraftError, match="unknown recipe"):
         load_recipe("round9")
 
@@ -173,3 +174,33 @@ def test_known_tokens_are_checked_against_the_model(muse, image, tmp_path):
         train_adapter(muse, [image], [PROMPT], _config(), tmp_path / "a", tokens=tokens[:, :2])
     with pytest.raises(StylecraftError, match="integer codes of this model's codebook"):
         train_adapter(muse, [image], [PROMPT], _config(), tmp_path / "b", tokens=tokens * 0 + muse.mask_token_id)
+
+
+def test_shift_augmentation_encodes_every_moved_copy(muse, image, tmp_path):
+    from stylecraft.muse import shift_grid, shift_offsets
+    from stylecraft.training import shifted_tokens
+
+    pixels = to_tensor_image(image)[None]
+    variants = shifted_tokens(muse, pixels, None, 1)
+    side, factor = 8 // muse.vae_scale_factor, muse.vae_scale_factor
+    assert variants.shape == (1, 9, side, side)
+    assert torch.equal(variants[:, 0], muse.encode_images(pixels))
+    for k, (dx, dy) in enumerate(shift_offsets(1)):  # the moved image, encoded again (not the grid rolled)
+        assert torch.equal(variants[:, k], muse.encode_images(shift_grid(pixels, dx * factor, dy * factor)))
+    known = torch.arange(side * side).reshape(1, side, side)  # tokens a model drew: moved as grids
+    moved = shifted_tokens(muse, pixels, known, 1)
+    assert all(torch.equal(moved[:, k], shift_grid(known, *o)) for k, o in enumerate(shift_offsets(1)))
+    assert shifted_tokens(muse, pixels, None, 0).shape == (1, 1, side, side)
+
+    train_adapter(muse, [image], [PROMPT], _config(steps=4), tmp_path / "plain", progress=False)
+    train_adapter(muse, [image], [PROMPT], _config(steps=4, shift=1), tmp_path / "shifted", progress=False)
+    train_adapter(muse, [image], [PROMPT], _config(steps=2, shift=1), tmp_path / "part", progress=False)
+    train_adapter(muse, [image], [PROMPT], _config(steps=4, shift=1), tmp_path / "part", resume=True, progress=False)
+    (plain_config, plain), (shifted_config, shifted), (_, resumed) = (
+        read_adapter(tmp_path / name) for name in ("plain", "shifted", "part")
+    )
+    assert shifted_config.training["shift"] == 1 and plain_config.training["shift"] == 0
+    assert any(not torch.equal(plain[k], shifted[k]) for k in plain)  # the moved copies were trained on
+    assert all(torch.equal(shifted[k], resumed[k]) for k in shifted)  # and resume stays exact
+    with pytest.raises(StylecraftError, match="--shift must be 0"):
+        TrainConfig(shift=-1)

@@ -191,6 +191,7 @@ def run_train_cli(args) -> int:
         lr=args.lr,
         batch_size=args.batch_size,
         seed=args.seed,
+        shift=args.shift,
         sample_every=args.sample_every,
         checkpoint_every=args.checkpoint_every,
         mixed_precision=None if args.mixed_precision == "no" else args.mixed_precision,

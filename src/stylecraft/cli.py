@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-every", type=int, default=None, help="write a sample grid every N steps (0 = never)")
     p.add_argument("--checkpoint-every", type=int, default=None, help="save a resumable checkpoint every N steps")
     p.add_argument("--seed", type=int, default=None, help="training seed")
+    p.add_argument(
+        "--shift", type=int, default=None, help="augmentation: move the image by up to N whole VQ tokens (0 = off)"
+    )
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no", help="accelerate precision")
     p.add_argument("--out", required=True, help="adapter folder to write")

@@ -14,6 +14,7 @@ Evaluation seeds are fixed and disjoint from training seeds (``EVAL_SEED``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,7 +125,8 @@ def generate(
 # the prompt-only and full fine-tuning rows have no base/adapter pair, so they sample with Muse CFG (Eq. 1).
 METHODS: dict[str, str | None] = {
     "prompt only": None,
-    "StyleDrop Round 1": "shapes-round1",
+    "StyleDrop Round 1": "shapes-round1",  # moved copies of the reference (shift 1), chosen on development seeds
+    "StyleDrop Round 1, unshifted": "shapes-round1-unshifted",  # the reference alone, as in the paper
     "LoRA (aMUSEd recipe)": "shapes-lora",
     "full fine-tuning": "shapes-full",
 }
@@ -212,7 +214,7 @@ def run_table(
             results["styles"][style] = {"reference": task.reference_prompt, "prompts": task.prompts, "methods": {}}
             rows = []
             for method in methods:
-                slug = method.split()[0].lower()
+                slug = re.sub(r"[^a-z0-9]+", "-", method.lower()).strip("-")
                 metrics, images = evaluate_method(
                     model, task, method, folder / style.replace(" ", "-") / slug, oracles, scorer, num_images, steps
                 )

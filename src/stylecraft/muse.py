@@ -274,6 +274,21 @@ def cosine_mask_ratio(u: torch.Tensor) -> torch.Tensor:
     return torch.cos(u * math.pi / 2)
 
 
+def shift_grid(grid: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """``grid`` [..., H, W] moved right by ``dx`` and down by ``dy`` cells (negative: left, up); the edge row or
+    column is repeated into the uncovered side, so a plain background stays plain."""
+    h, w = grid.shape[-2:]
+    rows = (torch.arange(h, device=grid.device) - dy).clamp(0, h - 1)
+    cols = (torch.arange(w, device=grid.device) - dx).clamp(0, w - 1)
+    return grid[..., rows, :][..., cols]
+
+
+def shift_offsets(max_shift: int) -> list[tuple[int, int]]:
+    """Every (dx, dy) with both in [-max_shift, max_shift], (0, 0) first."""
+    span = range(-max_shift, max_shift + 1)
+    return sorted(((dx, dy) for dy in span for dx in span), key=lambda o: o != (0, 0))
+
+
 def mask_tokens(
     tokens: torch.Tensor,
     mask_token_id: int,

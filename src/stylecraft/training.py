@@ -1,8 +1,9 @@
 """Training a StyleDrop adapter (or LoRA) on a few (image, prompt) pairs with Muse's masked-token objective.
 
-The loop is the algorithm (StyleDrop §3.1; Muse §2): VQ-encode the style image(s) once, then repeat
-batch -> cosine-schedule mask -> forward with the adapter -> cross-entropy on masked tokens -> backward -> clip
--> Adam step. Only adapter weights train; the text encoder, the VQ model and the base transformer are frozen.
+The loop is the algorithm (StyleDrop §3.1; Muse §2): VQ-encode the style image(s) once (with ``shift``, also
+copies moved by whole tokens), then repeat batch -> cosine-schedule mask -> forward with the adapter ->
+cross-entropy on masked tokens -> backward -> clip -> Adam step. Only adapter weights train; the text encoder, the
+VQ model and the base transformer are frozen.
 It runs through ``accelerate.Accelerator``, so ``accelerate launch -m stylecraft train ...`` spreads it over GPUs
 and machines unchanged (each process draws its own batches; the main process writes files).
 
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 from .adapters import AdaptedTransformer, count_parameters
 from .errors import StylecraftError
 from .io import make_grid, save_png, to_pil_images, to_tensor_image, write_json
-from .muse import MuseModel, mask_tokens, masked_token_loss
+from .muse import MuseModel, mask_tokens, masked_token_loss, shift_grid, shift_offsets
 from .sampling import SamplingConfig, sample_images
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -53,7 +54,8 @@ class TrainConfig:
     batch_size: int = 8  # images per step (drawn with replacement from the training pairs)
     weight_decay: float = 0.0  # Adam(W) weight decay
     max_grad_norm: float = 1.0  # gradient clipping
-    seed: int = 0  # seeds adapter init, batches and masks
+    seed: int = 0  # seeds adapter init, batches, shifts and masks
+    shift: int = 0  # augmentation: move each batch image by up to N whole VQ tokens (0: off, the paper)
     sample_every: int = 0  # write samples/step_N.png every N steps (0: never)
     checkpoint_every: int = 100  # resumable checkpoint every N steps (0: only at the end)
     mixed_precision: str = "no"  # accelerate: "no", "fp16" or "bf16"
@@ -63,6 +65,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.shared is None:
             self.shared = self.adapter_type == "styledrop"
+        if self.shift < 0:
+            raise StylecraftError(f"--shift must be 0 (off) or a number of tokens, got {self.shift}")
         for name in ("steps", "batch_size", "rank"):
             if getattr(self, name) < 1:
                 raise StylecraftError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -179,10 +183,9 @@ def train_adapter(
         raise StylecraftError(
             f"training images must be {resolution}x{resolution}; load them with load_image(path, size)"
         )
-    if tokens is None:
-        tokens = muse.encode_images(pixels)  # [N, h, w]
-    else:
+    if tokens is not None:
         tokens = _check_tokens(muse, tokens, len(images))
+    tokens = shifted_tokens(muse, pixels, tokens, config.shift)  # [N, variants, h, w]
     pooled, hidden = muse.encode_prompts(prompts)  # [N, proj], [N, 77, hidden]
     micro_conds = muse.micro_conds(config.batch_size, resolution, resolution)
 
@@ -194,9 +197,12 @@ def train_adapter(
     bar = tqdm(range(start, config.steps), desc="training", initial=start, total=config.steps, disable=disable)
     started = time.time()
     for step in bar:
-        # batch -> mask -> forward -> loss (Muse masked-token cross-entropy, cosine mask schedule)
+        # batch -> shift -> mask -> forward -> loss (Muse masked-token cross-entropy, cosine mask schedule)
         index = torch.randint(len(images), (config.batch_size,), generator=generator).to(tokens.device)
-        target = tokens[index]
+        variant = torch.zeros_like(index)
+        if tokens.shape[1] > 1:
+            variant = torch.randint(tokens.shape[1], (config.batch_size,), generator=generator).to(tokens.device)
+        target = tokens[index, variant]
         masked, mask = mask_tokens(target, muse.mask_token_id, generator)
         logits = model(
             [ADAPTER_NAME] * config.batch_size, masked, hidden[index], pooled[index], micro_conds
@@ -235,6 +241,27 @@ def train_adapter(
     for parameter in parameters:
         parameter.requires_grad_(False)
     return unwrapped
+
+
+def shifted_tokens(muse: MuseModel, pixels: torch.Tensor, tokens: torch.Tensor | None, shift: int) -> torch.Tensor:
+    """VQ tokens [N, variants, h, w] of each image moved by every whole-token offset up to ``shift`` (variant 0:
+    unmoved; ``shift`` 0 gives that one only).
+
+    The moved images are encoded again rather than the token grid rolled: the VQ spells the same texture with
+    different codes at different places (about half the codes change when an image moves by one token), and
+    meeting those spellings is what keeps the adapter from learning one layout of codes. Known tokens (images this
+    model drew, Round 2) are moved as grids instead, because encoding them again would lose texture.
+    """
+    factor = muse.vae_scale_factor
+    variants = []
+    for dx, dy in shift_offsets(shift):
+        if tokens is not None:
+            variants.append(shift_grid(tokens, dx, dy))
+        elif (dx, dy) == (0, 0):
+            variants.append(muse.encode_images(pixels))
+        else:
+            variants.append(muse.encode_images(shift_grid(pixels, dx * factor, dy * factor)))
+    return torch.stack(variants, dim=1)
 
 
 def write_samples(muse: MuseModel, model: AdaptedTransformer, prompts: list[str], path: Path, config: TrainConfig):
