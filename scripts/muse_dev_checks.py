@@ -12,6 +12,7 @@ notes' diagnoses. Each prints oracle accuracies; none writes anything.
                                                                # --guidance G.. --lambda-a L.. (default 2; 0.5 1 2)
                                                                # --sampling-steps N (default 12)
     python scripts/muse_dev_checks.py adapters --recipe FILE   # ... with another adapter recipe
+                                                               # (--images-per-prompt N, default 2)
     python scripts/muse_dev_checks.py glyph                    # content adapter alone, its own prompt (777)
     python scripts/muse_dev_checks.py mix                      # Eq. 5-6 over γ, content recipe shapes-round2 (777);
                                                                # --gamma G.., --content-recipe R, --content-styles
@@ -170,7 +171,9 @@ def adapters(model, args) -> None:
         )
         for g, lambda_a in settings:
             config = SamplingConfig(steps=args.sampling_steps, guidance_scale=g, lambda_a=lambda_a)
-            images, prompts = generate(muse, task.prompts, 2, config, model=adapted, adapter="adapter", seed=args.seed)
+            images, prompts = generate(
+                muse, task.prompts, args.images_per_prompt, config, model=adapted, adapter="adapter", seed=args.seed
+            )
             metrics = measure(images, prompts, task, oracles)
             results[(g, lambda_a)].append(metrics)
             print(style, f"guidance {g} λA {lambda_a}", _rounded(metrics), flush=True)
@@ -405,6 +408,7 @@ def main() -> None:
     parser.add_argument("--per-prompt", type=int, default=4, help="`feedback`: candidates per feedback prompt")
     parser.add_argument("--models", nargs="+", help="`compare`: Muse folders to compare (default: the shipped one)")
     parser.add_argument("--sampling-steps", type=int, default=12, help="`adapters`: decoding steps")
+    parser.add_argument("--images-per-prompt", type=int, default=2, help="`adapters`: images per prompt (default 2)")
     parser.add_argument("--content-recipe", default="shapes-round2", help="`mix`: the content adapter's recipe")
     parser.add_argument(
         "--content-styles", nargs="+", default=["flat color"], help="`mix`: seen styles of the glyph renders"

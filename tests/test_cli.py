@@ -39,13 +39,15 @@ def test_train_then_sample(tiny_muse_dir, style_png, tmp_path, capsys):
                 "2",
                 "--lr",
                 "0.01",
+                "--shift",
+                "1",
                 "--out",
                 str(adapter),
             ]
         )
         == 0
     )
-    assert (adapter / "adapter_config.json").is_file()
+    assert json.loads((adapter / "adapter_config.json").read_text())["training"]["shift"] == 1
     out = tmp_path / "samples"
     assert (
         main(
@@ -188,6 +190,8 @@ def test_bad_inputs_give_one_line_errors(tiny_muse_dir, style_png, tmp_path, cap
     Image.new("RGB", (4, 4)).save(tiny)
     assert "at least 16 pixels" in _error(capsys, train + ["--image", str(tiny), "--prompt", PROMPT, "--out", "x"])
     assert "empty prompt" in _error(capsys, train + ["--image", str(style_png), "--prompt", " ", "--out", "y"])
+    shift = ["--image", str(style_png), "--prompt", PROMPT, "--shift", "-1", "--out", "y"]
+    assert "--shift must be 0 (off) or a number of tokens, got -1" in _error(capsys, train + shift)
     assert not (tmp_path / "x").exists()
 
     sample = ["sample", "--prompt", PROMPT, "--steps", "1", "--out", str(tmp_path / "s")]

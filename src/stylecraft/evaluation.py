@@ -669,6 +669,10 @@ def run_two_adapter_table(
         "content_prompt": content_prompt_text,
         "style_reference": task.reference_prompt,
         "content_images": GLYPH_RENDERS,
+        # the glyph adapter learns the renders unmoved: with shift 1 it lost the glyph (development seed 777, γ 0.7:
+        # glyph 0.06 against 0.94; `python scripts/muse_dev_checks.py mix --content-recipe R --gamma 0.3 0.5 0.7`)
+        "content_recipe": "shapes-round1-unshifted",
+        "style_recipe": "shapes-round1",
         "num_images": num_images,
         "guidance": GUIDANCE,
         "lambda_a": LAMBDA_A,
@@ -678,10 +682,14 @@ def run_two_adapter_table(
         "rows": {},
     }
     with output_dir(out, overwrite=overwrite) as folder:
-        recipe = load_recipe("shapes-round1", steps=steps)
         content_images = [Image.fromarray(a) for a in glyphs]
-        train_adapter(load(model), content_images, [content_prompt_text] * GLYPH_RENDERS, recipe, folder / "content")
-        train_adapter(load(model), [task.reference], [task.reference_prompt], recipe, folder / "style")
+        content_recipe, style_recipe = (
+            load_recipe(results[k], steps=steps) for k in ("content_recipe", "style_recipe")
+        )
+        train_adapter(
+            load(model), content_images, [content_prompt_text] * GLYPH_RENDERS, content_recipe, folder / "content"
+        )
+        train_adapter(load(model), [task.reference], [task.reference_prompt], style_recipe, folder / "style")
         muse = load(model)
         results["model"] = muse.name
         runs: dict[str, dict] = {
@@ -725,8 +733,9 @@ def two_adapter_markdown(results: dict) -> str:
         f"# Two adapters: a new glyph in {results['style']} style",
         "",
         f"Prompt: `{results['prompt']}`. Content adapter: {results['content_images']} renders of "
-        f"`{results['content_prompt']}` (a shape no model saw). Style adapter: one render of "
-        f"`{results['style_reference']}`. {results['num_images']} images per row, seed {results['eval_seed']}, "
+        f"`{results['content_prompt']}` (a shape no model saw; recipe `{results['content_recipe']}`). Style adapter: "
+        f"one render of `{results['style_reference']}` (recipe `{results['style_recipe']}`). "
+        f"{results['num_images']} images per row, seed {results['eval_seed']}, "
         f"CFG {results['guidance']}. Best γ: **{results['best_gamma']:g}**. Grid: grid.png (first row: the inputs). "
         f"{SE_NOTE}",
         "",
