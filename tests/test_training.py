@@ -66,6 +66,13 @@ def test_resume_refuses_changed_settings(muse, image, tmp_path):
     train_adapter(muse, [image], [PROMPT], _config(steps=2), tmp_path / "ad", progress=False)
     with pytest.raises(StylecraftError, match=r"--resume with changed settings \(lr"):
         train_adapter(muse, [image], [PROMPT], _config(steps=4, lr=0.1), tmp_path / "ad", resume=True)
+    state = tmp_path / "ad" / "checkpoint" / "trainer_state.json"  # a checkpoint from before --shift existed
+    meta = json.loads(state.read_text())
+    del meta["config"]["shift"]
+    state.write_text(json.dumps(meta))
+    train_adapter(muse, [image], [PROMPT], _config(steps=3), tmp_path / "ad", resume=True, progress=False)
+    with pytest.raises(StylecraftError, match=r"changed settings \(shift: 0 -> 1\)"):
+        train_adapter(muse, [image], [PROMPT], _config(steps=4, shift=1), tmp_path / "ad", resume=True)
     with pytest.raises(StylecraftError, match="nothing to resume"):
         train_adapter(muse, [image], [PROMPT], _config(), tmp_path / "fresh", resume=True)
     with pytest.raises(StylecraftError, match="already exists"):

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -286,6 +286,8 @@ def write_samples(muse: MuseModel, model: AdaptedTransformer, prompts: list[str]
 
 def _check_resume(saved: dict, config: TrainConfig) -> None:
     current = asdict(config)
+    # a setting added after the checkpoint was written (e.g. shift) had its default then
+    saved = {**{f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}, **saved}
     changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
