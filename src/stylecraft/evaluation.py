@@ -564,13 +564,23 @@ def plot_feedback(results: dict, folder) -> None:
 
     figure, axis = plt.subplots(figsize=(5, 4), dpi=120)
     for row, metrics in results["mean"].items():
-        axis.scatter(metrics["leakage"], metrics["style_accuracy"], s=60, label=row)
+        axis.errorbar(
+            metrics["leakage"],
+            metrics["style_accuracy"],
+            xerr=metrics.get("leakage_se"),
+            yerr=metrics.get("style_accuracy_se"),
+            fmt="o",
+            markersize=8,
+            capsize=3,
+            label=row,
+        )
     axis.set_xlabel("content leakage (lower is better)")
     axis.set_ylabel("style accuracy (higher is better)")
-    axis.set_xlim(-0.02, 1.02)
+    # leakage is often a few per cent: a 0-1 axis would stack every point on its left edge
+    axis.set_xlim(-0.005, max(0.1, 1.25 * max(m["leakage"] for m in results["mean"].values())))
     axis.set_ylim(-0.02, 1.02)
     axis.legend(fontsize=7, loc="lower right")
-    axis.set_title("mean over held-out styles")
+    axis.set_title("mean over held-out styles (± standard error)")
     figure.tight_layout()
     figure.savefig(folder / "style_vs_leakage.png")
     plt.close(figure)
