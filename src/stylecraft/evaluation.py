@@ -693,12 +693,10 @@ def run_two_adapter_table(
     }
     with output_dir(out, overwrite=overwrite) as folder:
         content_images = [Image.fromarray(a) for a in glyphs]
-        content_recipe, style_recipe = (
-            load_recipe(results[k], steps=steps) for k in ("content_recipe", "style_recipe")
-        )
-        train_adapter(
-            load(model), content_images, [content_prompt_text] * GLYPH_RENDERS, content_recipe, folder / "content"
-        )
+        content_recipe = load_recipe(results["content_recipe"], steps=steps)
+        style_recipe = load_recipe(results["style_recipe"], steps=steps)
+        captions = [content_prompt_text] * GLYPH_RENDERS
+        train_adapter(load(model), content_images, captions, content_recipe, folder / "content")
         train_adapter(load(model), [task.reference], [task.reference_prompt], style_recipe, folder / "style")
         muse = load(model)
         results["model"] = muse.name
