@@ -176,6 +176,12 @@ def test_feedback_cli_end_to_end(tiny_muse_dir, round1, clip_dir, tmp_path, caps
     assert main(argv) == 0
     assert (out / "adapter" / "adapter_config.json").is_file()
     assert json.loads((out / "selection.json").read_text())["method"] == "clip"
+    sampling = json.loads((out / "round.json").read_text())["sampling"]
+    assert (sampling["guidance_scale"], sampling["lambda_a"]) == (10.0, 0.0)  # an aMUSEd-layout folder: aMUSEd's
+    # The same command without --per-prompt resumes the round with its own K (not the default 8 -> "other settings")
+    k = argv.index("--per-prompt")
+    assert main(argv[:k] + argv[k + 2 :]) == 0
+    assert len(json.loads((out / "scores.json").read_text())) == 4
     assert main(argv[:-2] + ["--per-prompt", "0", "--out", str(tmp_path / "x")]) == 2
     assert "--per-prompt must be at least 1" in capsys.readouterr().err
 

@@ -137,6 +137,52 @@ def test_shipped_muse_draws_the_prompted_shape_colour_and_style():
     assert accuracy["shape"] >= 0.6 and accuracy["colour"] >= 0.8 and accuracy["style"] >= 0.75, accuracy
 
 
+def test_commands_train_and_sample_the_shapes_model_as_its_evaluations_do(tmp_path):
+    """Without --recipe, --guidance or --lambda-a, `stylecraft train` and `sample` use the shapes model's recipe and
+    settings (shapes-round1; CFG 2, λA 0.25 with an adapter), the ones every table measured. The paper's recipe and
+    aMUSEd's CFG 10 drew a fraction of the style there."""
+    import json
+
+    from stylecraft.cli import main
+    from stylecraft.evaluation import GUIDANCE, LAMBDA_A
+    from stylecraft.muse import AMUSED_SAMPLING, load_muse
+    from stylecraft.training import default_recipe, load_recipe
+    from stylecraft.world import SAMPLING
+
+    assert load_muse("shapes").sampling_defaults == SAMPLING == {"guidance_scale": GUIDANCE, "lambda_a": LAMBDA_A}
+    assert load_muse("amused-256-random").sampling_defaults == AMUSED_SAMPLING
+    assert [default_recipe(None), default_recipe("shapes", "round2"), default_recipe("shapes", "full")] == [
+        "shapes-round1",
+        "shapes-round2",
+        "shapes-full",
+    ]
+    assert [default_recipe("amused/amused-256", k) for k in ("round1", "round2", "lora", "full")] == [
+        "round1",
+        "round2",
+        "lora",
+        "round1",
+    ]
+    prompt = "a large red circle in neon glow style"
+    Image.fromarray(render_prompts([prompt], seed=0)[0]).save(tmp_path / "ref.png")
+    common = ["--quiet", "sample", "--prompt", "a large blue star in neon glow style", "--num-images", "1"]
+    common += ["--steps", "2"]
+    train = ["--quiet", "train", "--image", str(tmp_path / "ref.png"), "--prompt", prompt, "--steps", "2"]
+    assert main([*train, "--out", str(tmp_path / "style")]) == 0
+    runs = {
+        "plain": [],
+        "adapter": ["--adapter", str(tmp_path / "style")],
+        "set": ["--adapter", str(tmp_path / "style"), "--guidance", "5", "--lambda-a", "0"],
+    }
+    for name, extra in runs.items():
+        assert main([*common, *extra, "--out", str(tmp_path / name)]) == 0
+    training = json.loads((tmp_path / "style" / "adapter_config.json").read_text())["training"]
+    assert training["lr"] == load_recipe("shapes-round1").lr != load_recipe("round1").lr and training["shift"] == 1
+    sampling = {name: json.loads((tmp_path / name / "run.json").read_text())["sampling"] for name in runs}
+    assert (sampling["plain"]["guidance_scale"], sampling["plain"]["lambda_a"]) == (2.0, None)
+    assert (sampling["adapter"]["guidance_scale"], sampling["adapter"]["lambda_a"]) == (2.0, 0.25)
+    assert (sampling["set"]["guidance_scale"], sampling["set"]["lambda_a"]) == (5.0, 0.0)
+
+
 def test_shipped_clip_ranks_the_true_caption_first():
     from transformers import CLIPModel, CLIPTokenizer
 

@@ -17,9 +17,9 @@ from PIL import Image
 from .adapters import AdaptedTransformer
 from .errors import StylecraftError
 from .io import load_image, make_grid, output_dir, save_png, to_pil_images, write_json
-from .muse import MuseModel, load_muse
+from .muse import AMUSED_SAMPLING, MuseModel, load_muse
 from .sampling import SamplingConfig, config_dict, sample_tokens
-from .training import TrainConfig, load_recipe, train_adapter
+from .training import TrainConfig, default_recipe, load_recipe, train_adapter
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -40,14 +40,22 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
 ) -> AdaptedTransformer:
-    """Train an adapter (default: StyleDrop Round 1 recipe) on image(s) + prompt(s) and write it to ``out``."""
+    """Train an adapter on image(s) + prompt(s) and write it to ``out``; ``config`` defaults to StyleDrop's Round 1
+    recipe for ``muse`` (the paper's, or the shapes model's own: ``training.default_recipe``)."""
     loaded = [img if isinstance(img, Image.Image) else load_image(img, muse.resolution) for img in images]
     loaded = [
         img.convert("RGB").resize((muse.resolution,) * 2) if img.size != (muse.resolution,) * 2 else img
         for img in loaded
     ]
     return train_adapter(
-        muse, loaded, list(prompts), config or TrainConfig(), out, resume=resume, overwrite=overwrite, progress=progress
+        muse,
+        loaded,
+        list(prompts),
+        config or load_recipe(default_recipe(muse.name)),
+        out,
+        resume=resume,
+        overwrite=overwrite,
+        progress=progress,
     )
 
 
@@ -88,7 +96,7 @@ def sample(
     without ``style_descriptor``. Images come in AmusedPipeline's order
     (prompts repeated), and ``seed`` seeds one ``torch.Generator('cpu')`` for the whole call.
     """
-    config = config or SamplingConfig()
+    config = config or SamplingConfig(guidance_scale=muse.sampling_defaults["guidance_scale"])
     model = None
     names: dict = {}
     if adapter is not None or style_adapter is not None or content_adapter is not None:
@@ -103,7 +111,7 @@ def sample(
         if adapter is not None and model.is_full(names["adapter"]):
             model, names = None, {}  # fine-tuned weights are now the transformer's: plain CFG (Eq. 1)
         elif adapter is not None and config.lambda_a is None:
-            config.lambda_a = 0.0
+            config.lambda_a = muse.sampling_defaults["lambda_a"]
     content_prompts = None
     if style_adapter is not None or content_adapter is not None:
         content_prompts = [content_prompt(p, style_descriptor) for p in prompts]
@@ -145,11 +153,17 @@ def sample(
 
 
 # ---- command line runners ------------------------------------------------------------------------------------
-def _sampling_config(args) -> SamplingConfig:
+def _sampling_config(args, muse: MuseModel | None = None) -> SamplingConfig:
+    """The command's settings; --guidance and --lambda-a (with an adapter) fall back to the model's own defaults
+    (``MuseModel.sampling_defaults``; aMUSEd's before the model is loaded)."""
+    defaults = muse.sampling_defaults if muse is not None else AMUSED_SAMPLING
+    lambda_a = args.lambda_a
+    if lambda_a is None and getattr(args, "adapter", None):
+        lambda_a = defaults["lambda_a"]
     return SamplingConfig(
         steps=args.steps,
-        guidance_scale=args.guidance,
-        lambda_a=args.lambda_a,
+        guidance_scale=defaults["guidance_scale"] if args.guidance is None else args.guidance,
+        lambda_a=lambda_a,
         lambda_b=args.lambda_b,
         temperature=list(args.temperature),
         negative_prompt=args.negative_prompt or "",
@@ -164,6 +178,7 @@ def run_sample_cli(args) -> int:
     if args.adapter and args.style_adapter:
         raise StylecraftError("use either --adapter or --style-adapter/--content-adapter, not both")
     muse = load(args.model, args.device, args.dtype)
+    config = _sampling_config(args, muse)
     sample(
         muse,
         args.prompt,
@@ -183,7 +198,7 @@ def run_sample_cli(args) -> int:
 
 def run_train_cli(args) -> int:
     config = load_recipe(
-        args.recipe or ("lora" if args.adapter == "lora" else "round1"),
+        args.recipe or default_recipe(args.model, args.adapter if args.adapter in ("lora", "full") else "round1"),
         adapter_type=args.adapter,
         rank=args.rank,
         shared=args.shared,

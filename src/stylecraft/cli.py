@@ -32,9 +32,17 @@ def _add_sampling(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-images", type=int, default=4, help="images per prompt (default 4)")
     parser.add_argument("--steps", type=int, default=12, help="decoding steps (default 12; the paper uses 36)")
     parser.add_argument(
-        "--guidance", type=float, default=10.0, help="classifier-free guidance scale (Muse Eq. 1; default 10)"
+        "--guidance",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale (Muse Eq. 1; default: the model's, 2 for shapes, 10 for aMUSEd)",
     )
-    parser.add_argument("--lambda-a", type=float, default=None, help="StyleDrop Eq. 4 style guidance λA (adapter)")
+    parser.add_argument(
+        "--lambda-a",
+        type=float,
+        default=None,
+        help="StyleDrop Eq. 4 style guidance λA with --adapter (default: the model's, 0.25 for shapes, 0 otherwise)",
+    )
     parser.add_argument("--lambda-b", type=float, default=None, help="StyleDrop Eq. 4 text guidance λB (= guidance-1)")
     parser.add_argument("--temperature", type=float, nargs="+", default=[2.0, 0.0], help="start [end] (default 2 0)")
     parser.add_argument("--negative-prompt", default=None, help="negative prompt (default: empty)")
@@ -105,7 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     p.add_argument("--image", action="append", required=True, help="training image (repeat for several)")
     p.add_argument("--prompt", action="append", required=True, help="its prompt (one, or one per image)")
-    p.add_argument("--recipe", default=None, help="recipe name (round1, round2, lora) or JSON file (default round1)")
+    p.add_argument(
+        "--recipe",
+        default=None,
+        help="recipe name (round1, round2, lora, shapes-round1, ...) or JSON file (default: round1, or lora with "
+        "--adapter lora; the shapes model's own versions, shapes-*, on it)",
+    )
     p.add_argument(
         "--adapter",
         choices=["styledrop", "lora", "full"],
@@ -136,12 +149,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-prompts", type=int, default=None, help="use only the first P prompts")
     p.add_argument("--per-prompt", type=int, default=None, help="candidates K per prompt (default 8; paper 64)")
     p.add_argument("--select", choices=["clip", "random", "human"], default="clip", help="selection (default clip)")
-    p.add_argument("--recipe", default="round2", help="Round-2 training recipe (default round2)")
+    p.add_argument(
+        "--recipe", default=None, help="Round-2 training recipe (default round2; shapes-round2 on the shapes model)"
+    )
     p.add_argument("--train-steps", type=int, default=None, help="Round-2 training steps (default: the recipe's)")
     p.add_argument("--no-train", action="store_true", help="stop after generating, scoring and selecting")
     p.add_argument("--steps", type=int, default=12, help="decoding steps of the candidates (default 12)")
-    p.add_argument("--guidance", type=float, default=10.0, help="CFG scale of the candidates (default 10)")
-    p.add_argument("--lambda-a", type=float, default=0.0, help="StyleDrop λA of the candidates (default 0)")
+    p.add_argument(
+        "--guidance", type=float, default=None, help="CFG scale of the candidates (default: the model's, 2 or 10)"
+    )
+    p.add_argument(
+        "--lambda-a", type=float, default=None, help="StyleDrop λA of the candidates (default: the model's, 0.25 or 0)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of candidates and random selection")
     p.add_argument("--clip", default=None, help="CLIPModel for the scores (default: the shapes world's mini CLIP)")
     p.add_argument("--out", required=True, help="the round folder (rerun the same command to resume)")
@@ -176,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=int, default=None, help="picks to aim for (default: the saved target, else 10)")
     p.add_argument("--model", default=None, help="base model for Round 2 (default: the round's, from round.json)")
     p.add_argument("--device", default="cpu", help="torch device for Round 2, e.g. cpu or cuda (default: cpu)")
-    p.add_argument("--recipe", default="round2", help="Round-2 training recipe (default round2)")
+    p.add_argument(
+        "--recipe", default=None, help="Round-2 training recipe (default round2; shapes-round2 on the shapes model)"
+    )
     p.add_argument("--train-steps", type=int, default=None, help="Round-2 training steps (default: the recipe's)")
     p.add_argument("--open", action="store_true", help="also open the page in the default browser")
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .world import COLOUR_NAMES, SHAPES, STYLES, caption, parse_caption, render_prompts
+from .world import COLOUR_NAMES, SAMPLING, SHAPES, STYLES, caption, parse_caption, render_prompts
 
 EVAL_SEED = 1_000_003  # sampling seeds of evaluation runs; training uses small seeds
 
@@ -130,10 +130,10 @@ METHODS: dict[str, str | None] = {
     "LoRA (aMUSEd recipe)": "shapes-lora",
     "full fine-tuning": "shapes-full",
 }
-GUIDANCE = 2.0  # Muse CFG scale of every row (λB = 1); chosen on a development sweep (seed 777, not EVAL_SEED)
-# StyleDrop style guidance of the adapter rows: 0.25 beat 0, 0.5, 0.75 and 1 on content at the same or better style
-# on a development sweep (sampling seeds 777 and 779, never EVAL_SEED; `python scripts/muse_dev_checks.py adapters`)
-LAMBDA_A = 0.25
+# Muse CFG scale of every row (λB = 1) and StyleDrop style guidance of the adapter rows: the shapes model's own
+# sampling defaults, so `stylecraft sample` draws as the tables measure (how they were chosen: world.SAMPLING)
+GUIDANCE = SAMPLING["guidance_scale"]
+LAMBDA_A = SAMPLING["lambda_a"]
 
 
 def evaluate_method(

@@ -303,7 +303,7 @@ def train_round(
     muse,
     round_dir: str | Path,
     selected: list[str],
-    recipe: str = "round2",
+    recipe: str | None = None,
     steps: int | None = None,
     progress: bool = True,
     overwrite: bool = False,
@@ -315,8 +315,9 @@ def train_round(
     It trains on the tokens the candidates were decoded from when the round kept them for this model's VQ
     (``candidate_tokens``): encoding the PNGs again would not give them back, and pixel art, for one, read as its
     style in 19 of 30 oracle picks but in 11 of 30 after a trip through the VQ (``scripts/muse_dev_checks.py
-    round-trip``). The adapter folder keeps its training set (``train_images/``, prompts in the PNG text chunks)."""
-    from .training import load_recipe, train_adapter
+    round-trip``). The adapter folder keeps its training set (``train_images/``, prompts in the PNG text chunks).
+    ``recipe`` defaults to StyleDrop's Round 2 for ``muse`` (``training.default_recipe``)."""
+    from .training import default_recipe, load_recipe, train_adapter
 
     round_dir = Path(round_dir)
     _, scores = read_round(round_dir)
@@ -328,7 +329,7 @@ def train_round(
             raise StylecraftError(f"{file} is not a scored candidate of {round_dir}")
         images.append(Image.open(round_dir / "candidates" / file).convert("RGB"))
         prompts.append(scores[file]["prompt"])
-    config = load_recipe(recipe, steps=steps)
+    config = load_recipe(recipe or default_recipe(muse.name, "round2"), steps=steps)
     out = Path(adapter_dir) if adapter_dir is not None else round_dir / "adapter"
     tokens = candidate_tokens(muse, round_dir, selected)
     return train_adapter(
@@ -348,9 +349,18 @@ def run_cli(args) -> int:
         if args.num_prompts < 1:
             raise StylecraftError(f"--num-prompts must be at least 1, got {args.num_prompts}")
         prompts = prompts[: args.num_prompts]
-    config = SamplingConfig(steps=args.steps, guidance_scale=args.guidance, lambda_a=args.lambda_a)
+    # Unset options take the round's own settings when it exists (a rerun resumes it even if a default changed
+    # since), else the model's sampling defaults and 8 candidates per prompt.
+    saved = read_round(args.out)[0] if (Path(args.out) / ROUND_NAME).is_file() else {}
+    sampling = {**muse.sampling_defaults, **(saved.get("sampling") or {})}
+    config = SamplingConfig(
+        steps=args.steps,
+        guidance_scale=sampling["guidance_scale"] if args.guidance is None else args.guidance,
+        lambda_a=sampling["lambda_a"] if args.lambda_a is None else args.lambda_a,
+    )
+    per_prompt = saved.get("per_prompt", 8) if args.per_prompt is None else args.per_prompt
     generate_candidates(
-        muse, args.adapter, prompts, args.out, args.style, args.per_prompt or 8, args.seed, config, clip=args.clip
+        muse, args.adapter, prompts, args.out, args.style, per_prompt, args.seed, config, clip=args.clip
     )
     selected = select(args.out, args.select, args.seed)
     write_json(Path(args.out) / "selection.json", {"method": args.select, "selected": selected})

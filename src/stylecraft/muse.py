@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -131,6 +131,9 @@ ARCHITECTURES["amused-512"] = {
     },
 }
 BUILTIN_RANDOM = {f"{name}-random": name for name in ARCHITECTURES}
+# Sampling settings a model is used with unless told otherwise: aMUSEd's pipeline default CFG 10, and StyleDrop
+# guidance λA 0 (the adapter alone). The shapes model has its own (world.SAMPLING).
+AMUSED_SAMPLING = {"guidance_scale": 10.0, "lambda_a": 0.0}
 
 
 @dataclass
@@ -143,6 +146,7 @@ class MuseModel:
     tokenizer: CLIPTokenizer
     scheduler: AmusedScheduler
     name: str
+    sampling_defaults: dict = field(default_factory=lambda: dict(AMUSED_SAMPLING))  # guidance_scale, lambda_a
 
     @property
     def device(self) -> torch.device:
@@ -360,14 +364,16 @@ def load_muse(
     """
     name = "shapes" if model is None else str(model)
     if name == "shapes":
-        from .world import shapes_model_dir
+        from .world import SAMPLING, shapes_model_dir
 
         if not (shapes_model_dir() / "transformer").is_dir():
             raise StylecraftError(
                 f"the shapes world model is missing from {shapes_model_dir()}; reinstall stylecraft from a full "
                 "checkout, or retrain it: python -m stylecraft.world.pretrain muse (see docs/world.md)"
             )
-        return _load_folder(shapes_model_dir(), "shapes", device, dtype)
+        muse = _load_folder(shapes_model_dir(), "shapes", device, dtype)
+        muse.sampling_defaults = dict(SAMPLING)
+        return muse
     if name in BUILTIN_RANDOM:
         return build_random_muse(BUILTIN_RANDOM[name]).to(device, dtype)
     path = Path(name).expanduser()

@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlsplit
 from ..errors import StylecraftError
 from ..feedback import read_picks, read_round, train_round, write_picks
 from ..io import write_json
-from ..training import load_recipe
+from ..training import default_recipe, load_recipe
 
 PAGE = {  # URL -> (file beside this module, content type); a fixed list, no path from the request is joined
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -67,7 +67,7 @@ class Studio:
         target: int | None = None,
         model: str | None = None,
         device: str = "cpu",
-        recipe: str = "round2",
+        recipe: str | None = None,
         train_steps: int | None = None,
     ):
         self.settings, self.scores = read_round(round_dir)  # a missing or malformed folder fails here, at startup
@@ -98,6 +98,7 @@ class Studio:
         if target is not None and target < 1:
             raise StylecraftError(f"--target must be at least 1, got {target}")
         self.target = target or (saved if isinstance(saved, int) and saved > 0 else 10)
+        recipe = recipe or default_recipe(model or self.settings.get("base_model"), "round2")
         self.training = load_recipe(recipe, steps=train_steps)  # a bad recipe or step count fails at startup too
         self.model, self.device, self.recipe, self.train_steps = model, device, recipe, train_steps
         self.lock = threading.Lock()  # guards picks and job

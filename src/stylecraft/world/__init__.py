@@ -29,6 +29,16 @@ from .renderer import (
 
 WEIGHTS = Path(__file__).parent / "weights"
 
+# How Muse-mini is sampled unless told otherwise (`stylecraft sample`/`feedback`, `api.sample`) and in every
+# evaluation, so that the commands give what the reports measured. aMUSEd's CFG 10 (with λA 0) is far too strong
+# here: Round-1 adapters of the 3 held-out styles drew style 0.14 and content 0.75 with it, against 0.49 and 0.84
+# with these (development seed 777, 32 images per style; `python scripts/muse_dev_checks.py adapters --guidance 10 2
+# --lambda-a 0 0.25 --images-per-prompt 4`).
+# CFG 2: a sweep of 1-5 on the base model (seed 777, `python scripts/muse_dev_checks.py guidance`). StyleDrop's λA
+# 0.25 beat 0, 0.5, 0.75 and 1 on content at the same or better style (sampling seeds 777 and 779, never
+# EVAL_SEED; `python scripts/muse_dev_checks.py adapters`).
+SAMPLING = {"guidance_scale": 2.0, "lambda_a": 0.25}
+
 
 def shapes_model_dir() -> Path:
     """Folder of Muse-mini in the aMUSEd layout (transformer/, vqvae/, text_encoder/, tokenizer/, scheduler/)."""
@@ -51,6 +61,7 @@ def oracle_path() -> Path:
 
 
 __all__ = [
+    "SAMPLING",
     "COLOUR_NAMES",
     "GLYPH",
     "GLYPH_WORDS",
