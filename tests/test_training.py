@@ -71,8 +71,12 @@ def test_resume_refuses_changed_settings(muse, image, tmp_path):
     del meta["config"]["shift"]
     state.write_text(json.dumps(meta))
     train_adapter(muse, [image], [PROMPT], _config(steps=3), tmp_path / "ad", resume=True, progress=False)
+    # progress samples do not touch the weights: a resume may add them, with their own settings
+    watched = _config(steps=4, sample_every=4, sample_steps=2, sample_guidance=3.0)
+    train_adapter(muse, [image], [PROMPT], watched, tmp_path / "ad", resume=True, progress=False)
+    assert (tmp_path / "ad" / "samples" / "step_000004.png").is_file()
     with pytest.raises(StylecraftError, match=r"changed settings \(shift: 0 -> 1\)"):
-        train_adapter(muse, [image], [PROMPT], _config(steps=4, shift=1), tmp_path / "ad", resume=True)
+        train_adapter(muse, [image], [PROMPT], _config(steps=5, shift=1), tmp_path / "ad", resume=True)
     with pytest.raises(StylecraftError, match="nothing to resume"):
         train_adapter(muse, [image], [PROMPT], _config(), tmp_path / "fresh", resume=True)
     with pytest.raises(StylecraftError, match="already exists"):

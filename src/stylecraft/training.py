@@ -37,7 +37,7 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 ADAPTER_NAME = "adapter"
 CHECKPOINT_DIR = "checkpoint"
 # Settings that may change between a run and its --resume (they don't alter the optimisation path).
-RESUMABLE_CHANGES = {"steps", "sample_every", "checkpoint_every"}
+RESUMABLE_CHANGES = {"steps", "sample_every", "checkpoint_every", "sample_steps", "sample_guidance"}  # not weights
 
 
 @dataclass
@@ -60,7 +60,7 @@ class TrainConfig:
     checkpoint_every: int = 100  # resumable checkpoint every N steps (0: only at the end)
     mixed_precision: str = "no"  # accelerate: "no", "fp16" or "bf16"
     sample_steps: int = 12  # decoding steps of the progress samples
-    sample_guidance: float = 10.0  # CFG of the progress samples
+    sample_guidance: float | None = None  # CFG of the progress samples (None: the model's, MuseModel.sampling_defaults)
 
     def __post_init__(self) -> None:
         if self.shared is None:
@@ -282,7 +282,12 @@ def shifted_tokens(muse: MuseModel, pixels: torch.Tensor, tokens: torch.Tensor |
 def write_samples(muse: MuseModel, model: AdaptedTransformer, prompts: list[str], path: Path, config: TrainConfig):
     """A grid of one image per distinct prompt with the adapter (fixed seed), for watching training."""
     texts = list(dict.fromkeys(prompts))
-    sampling = SamplingConfig(steps=config.sample_steps, guidance_scale=config.sample_guidance)
+    defaults = muse.sampling_defaults
+    sampling = SamplingConfig(
+        steps=config.sample_steps,
+        guidance_scale=defaults["guidance_scale"] if config.sample_guidance is None else config.sample_guidance,
+        lambda_a=defaults["lambda_a"],
+    )
     was_training = model.training
     model.eval()
     images = sample_images(
