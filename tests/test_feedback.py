@@ -174,6 +174,8 @@ def test_feedback_cli_end_to_end(tiny_muse_dir, round1, clip_dir, tmp_path, caps
         str(out),
     ]
     assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "candidates" not in err and "Loading weights" not in err and "training" not in err  # --quiet: no bars
     assert (out / "adapter" / "adapter_config.json").is_file()
     assert json.loads((out / "selection.json").read_text())["method"] == "clip"
     sampling = json.loads((out / "round.json").read_text())["sampling"]

@@ -259,6 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.ERROR if args.quiet else logging.WARNING)
     if args.quiet:
         os.environ["STYLECRAFT_QUIET"] = "1"
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.disable_progress_bar()  # their "Loading weights" bars too
+        transformers_logging.disable_progress_bar()
     module_name, function_name = RUNNERS[args.command].split(":")
     try:
         run = getattr(importlib.import_module(module_name), function_name)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
 from dataclasses import asdict
@@ -203,7 +204,8 @@ def generate_candidates(
     options = dict(model=model, adapter=name, num_images_per_prompt=per_prompt, progress=False)
     reference_path = round_dir / "reference.png"
     reference_image = Image.open(reference_path).convert("RGB") if reference_path.is_file() else None
-    for p, prompt in enumerate(tqdm(prompts, desc="candidates", disable=not progress)):
+    disable = not progress or os.environ.get("STYLECRAFT_QUIET") == "1"
+    for p, prompt in enumerate(tqdm(prompts, desc="candidates", disable=disable)):
         files = [candidate_name(p, k) for k in range(per_prompt)]
         if all(f in scores and (round_dir / "candidates" / f).is_file() for f in files):
             continue

@@ -501,13 +501,7 @@ def load_instantstyle(
 
 def run_cli(args: argparse.Namespace) -> int:
     """``stylecraft instantstyle``: write NNN.png, grid.png and run.json (+ inputs/) to ``--out``."""
-    from diffusers.utils import logging as diffusers_logging
     from safetensors.torch import load_file, save_file
-    from transformers.utils import logging as transformers_logging
-
-    if os.environ.get("STYLECRAFT_QUIET"):  # loading bars off too
-        diffusers_logging.disable_progress_bar()
-        transformers_logging.disable_progress_bar()
 
     # Cheap checks first, before any model loads.
     if (args.style_image is None) == (args.style_embeds is None):
