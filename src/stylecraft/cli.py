@@ -259,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.ERROR if args.quiet else logging.WARNING)
     if args.quiet:
         os.environ["STYLECRAFT_QUIET"] = "1"
+    if os.environ.get("STYLECRAFT_QUIET") == "1":
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging
 
