@@ -147,7 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--style", required=True, help="style descriptor appended to each prompt, e.g. 'watercolor'")
     p.add_argument("--prompts", default=None, help="file with one prompt per line (default: the built-in list)")
     p.add_argument("--num-prompts", type=int, default=None, help="use only the first P prompts")
-    p.add_argument("--per-prompt", type=int, default=None, help="candidates K per prompt (default 8; paper 64)")
+    p.add_argument(
+        "--per-prompt",
+        type=int,
+        default=None,
+        help="candidates K per prompt (default 8, or the round's own on a rerun; paper 64)",
+    )
     p.add_argument("--select", choices=["clip", "random", "human"], default="clip", help="selection (default clip)")
     p.add_argument(
         "--recipe", default=None, help="Round-2 training recipe (default round2; shapes-round2 on the shapes model)"
