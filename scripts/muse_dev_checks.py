@@ -25,6 +25,8 @@ notes' diagnoses. Each prints oracle accuracies; none writes anything.
                                                                # (--feedback-dir, default runs/eval-feedback)
     python scripts/muse_dev_checks.py round2 --round2-steps 300 900   # Round 2 again on a feedback folder's picks
                                                                # (--feedback-dir, --picks, --round2-recipe) (777)
+    python scripts/muse_dev_checks.py full-parts               # full fine-tuning of one part of the transformer
+                                                               # at a time: which part carries the texture (777)
 
 ``--model`` takes any Muse folder (default: the shipped one).
 """
@@ -179,6 +181,46 @@ def adapters(model, args) -> None:
             print(style, f"guidance {g} λA {lambda_a}", _rounded(metrics), flush=True)
     for (g, lambda_a), rows in results.items():
         print("mean", f"guidance {g} λA {lambda_a}", _rounded(_mean(rows)), flush=True)
+
+
+# Parts of the transformer a full fine-tune may change in `full-parts` (top-level module names; None: all of it)
+PARTS = {
+    "all": None,
+    "transformer layers": ("transformer_layers",),
+    "up block and head": ("up_block", "project_from_hidden", "mlm_layer"),
+    "embedding and down block": ("embed", "down_block", "project_to_hidden"),
+}
+
+
+def full_parts(model, args) -> None:
+    """Full fine-tuning (recipe shapes-full) of one part of the transformer at a time, on pixel art and polka dot
+    (seed ``--seed``, 4 images per prompt, plain CFG): where does the texture the adapters miss get decided?"""
+    from stylecraft import adapters
+    from stylecraft.api import load
+    from stylecraft.evaluation import GUIDANCE, generate, make_task, measure
+    from stylecraft.sampling import SamplingConfig
+    from stylecraft.training import load_recipe, train_adapter
+    from stylecraft.world.oracles import load_oracles
+
+    every = adapters.AdaptedTransformer.adapter_parameters
+    oracles, config = load_oracles(), SamplingConfig(steps=12, guidance_scale=GUIDANCE)
+    for label, prefixes in PARTS.items():
+
+        def some(self, name, prefixes=prefixes):
+            if not (self.is_full(name) and prefixes):
+                return every(self, name)
+            return [p for n, p in self.transformer.named_parameters() if n.split(".")[0] in prefixes]
+
+        adapters.AdaptedTransformer.adapter_parameters = some  # only these parameters train; the rest stay the base
+        for style in ("pixel art", "polka dot"):
+            muse, task = load(args.model), make_task(style)
+            folder = tempfile.mkdtemp()
+            train_adapter(
+                muse, [task.reference], [task.reference_prompt], load_recipe("shapes-full"), folder, progress=False
+            )
+            images, prompts = generate(muse, task.prompts, 4, config, seed=args.seed)  # muse is the fine-tune now
+            print(label, style, _rounded(measure(images, prompts, task, oracles)), flush=True)
+    adapters.AdaptedTransformer.adapter_parameters = every
 
 
 def _glyph_adapter(args, recipe: str, styles: tuple[str, ...] = ("flat color",)) -> str:
@@ -385,6 +427,7 @@ CHECKS = {
     "feedback": feedback,
     "round-trip": round_trip,
     "round2": round2,
+    "full-parts": full_parts,
 }
 
 

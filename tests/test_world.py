@@ -516,3 +516,40 @@ def test_a_later_vq_stage_names_a_missing_or_older_starting_vq(tmp_path):
     with pytest.raises(SystemExit, match="lacks .* weights of the architecture its config names"):
         main([*args, "--recipe", recipe])
     assert not (tmp_path / "run" / "vqvae").exists()
+
+
+def test_head_lora_recipe_adapts_only_what_comes_after_the_transformer_layers(tmp_path):
+    """shapes-head-lora: LoRA on the up block, project_from_hidden and the MLM head's first conv, under 1 % of the
+    parameters; it saves, loads into a fresh model and samples with StyleDrop guidance (base rows in the batch)."""
+    import json
+
+    from stylecraft.adapters import AdaptedTransformer, read_adapter
+    from stylecraft.muse import load_muse
+    from stylecraft.sampling import SamplingConfig, sample_images
+    from stylecraft.training import load_recipe, train_adapter
+
+    prompt = "a large red circle in pixel art style"
+    reference = Image.fromarray(render_prompts([prompt], seed=0)[0])
+    muse = load_muse("shapes")
+    before = {k: v.clone() for k, v in muse.transformer.state_dict().items()}
+    train_adapter(muse, [reference], [prompt], load_recipe("shapes-head-lora", steps=2), tmp_path / "a", progress=False)
+    config, state = read_adapter(tmp_path / "a")
+    assert config.adapter_type == "lora" and state
+    assert all(k.startswith(("up_block.", "project_from_hidden.", "mlm_layer.conv1.")) for k in state), sorted(state)
+    training = json.loads((tmp_path / "a" / "adapter_config.json").read_text())["training"]
+    assert 0 < training["trainable_parameters"] < 0.01 * training["base_parameters"]
+    after = {k.replace(".base_layer", ""): v for k, v in muse.transformer.state_dict().items() if "lora_" not in k}
+    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())  # base frozen
+    fresh = load_muse("shapes")
+    model = AdaptedTransformer(fresh)
+    name = model.load_adapter(tmp_path / "a", name="head")
+    images = sample_images(
+        fresh,
+        ["a large blue star in pixel art style"],
+        SamplingConfig(steps=2, guidance_scale=2.0, lambda_a=0.25),
+        model=model,
+        adapter=name,
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+    )
+    assert images.shape == (1, 3, 64, 64)

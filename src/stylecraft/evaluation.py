@@ -128,6 +128,8 @@ METHODS: dict[str, str | None] = {
     "StyleDrop Round 1": "shapes-round1",  # moved copies of the reference (shift 1), chosen on development seeds
     "StyleDrop Round 1, unshifted": "shapes-round1-unshifted",  # the reference alone, as in the paper
     "LoRA (aMUSEd recipe)": "shapes-lora",
+    # not in the paper: LoRA after the transformer layers, where the texture codes are decided (the recipe says why)
+    "LoRA on the up block and head": "shapes-head-lora",
     "full fine-tuning": "shapes-full",
 }
 # Muse CFG scale of every row (λB = 1) and StyleDrop style guidance of the adapter rows: the shapes model's own
