@@ -16,7 +16,8 @@ notes' diagnoses. Each prints oracle accuracies; none writes anything.
     python scripts/muse_dev_checks.py glyph                    # content adapter alone, its own prompt (777)
     python scripts/muse_dev_checks.py mix                      # Eq. 5-6 over γ, content recipe shapes-round2 (777);
                                                                # --gamma G.., --content-recipe R, --content-styles
-                                                               # S.. (glyph renders in these seen styles)
+                                                               # S.. (glyph renders in these seen styles),
+                                                               # --recipe R (the style adapter's; shapes-round1)
     python scripts/muse_dev_checks.py feedback --lambda-a 1    # Round 1 vs Round 2 (CLIP picks), candidates
                                                                # drawn at λA 1; --round2-recipe R,
                                                                # --per-prompt K (default 4) (777);
@@ -285,7 +286,7 @@ def mix(model, args) -> None:
         load(args.model),
         [task.reference],
         [task.reference_prompt],
-        load_recipe("shapes-round1"),
+        load_recipe(args.recipe),
         style_folder,
         progress=False,
     )
@@ -435,7 +436,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("check", choices=list(CHECKS))
     parser.add_argument("--model", default=None, help="Muse folder (default: the shipped shapes model)")
-    parser.add_argument("--recipe", default="shapes-round1", help="adapter recipe for `adapters`")
+    parser.add_argument(
+        "--recipe", default="shapes-round1", help="adapter recipe for `adapters`; the style adapter's for `mix`"
+    )
     parser.add_argument("--round2-recipe", default="shapes-round2", help="Round-2 adapter recipe for `feedback`")
     parser.add_argument(
         "--seed", type=int, default=DEV_SEED, help="sampling seed for `adapters`, `feedback` (never EVAL_SEED)"

@@ -518,9 +518,15 @@ def test_a_later_vq_stage_names_a_missing_or_older_starting_vq(tmp_path):
     assert not (tmp_path / "run" / "vqvae").exists()
 
 
-def test_head_lora_recipe_adapts_only_what_comes_after_the_transformer_layers(tmp_path):
-    """shapes-head-lora: LoRA on the up block, project_from_hidden and the MLM head's first conv, under 1 % of the
-    parameters; it saves, loads into a fresh model and samples with StyleDrop guidance (base rows in the batch)."""
+HEAD = ("up_block.", "project_from_hidden.", "mlm_layer.conv1.")
+LAYER_OUTPUTS = tuple(f"transformer_layers.{i}.{m}." for i in range(4) for m in ("attn2.to_out.0", "ff.net.2"))
+
+
+@pytest.mark.parametrize(("recipe", "sites"), [("shapes-head-lora", HEAD), ("shapes-wide-lora", HEAD + LAYER_OUTPUTS)])
+def test_head_lora_recipes_adapt_only_their_sites(recipe, sites, tmp_path):
+    """shapes-head-lora: LoRA on the up block, project_from_hidden and the MLM head's first conv; shapes-wide-lora
+    adds each transformer layer's cross-attention and MLP outputs. Both under 1 % of the parameters; each saves,
+    loads into a fresh model and samples with StyleDrop guidance (base rows in the batch)."""
     import json
 
     from stylecraft.adapters import AdaptedTransformer, read_adapter
@@ -532,10 +538,11 @@ def test_head_lora_recipe_adapts_only_what_comes_after_the_transformer_layers(tm
     reference = Image.fromarray(render_prompts([prompt], seed=0)[0])
     muse = load_muse("shapes")
     before = {k: v.clone() for k, v in muse.transformer.state_dict().items()}
-    train_adapter(muse, [reference], [prompt], load_recipe("shapes-head-lora", steps=2), tmp_path / "a", progress=False)
+    train_adapter(muse, [reference], [prompt], load_recipe(recipe, steps=2), tmp_path / "a", progress=False)
     config, state = read_adapter(tmp_path / "a")
     assert config.adapter_type == "lora" and state
-    assert all(k.startswith(("up_block.", "project_from_hidden.", "mlm_layer.conv1.")) for k in state), sorted(state)
+    assert all(k.startswith(sites) for k in state), sorted(state)
+    assert all(any(k.startswith(site) for k in state) for site in sites)  # every site has its LoRA
     training = json.loads((tmp_path / "a" / "adapter_config.json").read_text())["training"]
     assert 0 < training["trainable_parameters"] < 0.01 * training["base_parameters"]
     after = {k.replace(".base_layer", ""): v for k, v in muse.transformer.state_dict().items() if "lora_" not in k}

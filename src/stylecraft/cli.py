@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("eval", help="StyleDrop Table 2 in the shapes world: methods x held-out styles")
     p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--style", action="append", default=None, help="style to evaluate (repeat; default: held-out)")
-    p.add_argument("--method", action="append", default=None, help="method (repeat; default: all four)")
+    p.add_argument("--method", action="append", default=None, help="method (repeat; default: all of them)")
     p.add_argument("--num-images", type=int, default=16, help="images per prompt (default 16)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: each recipe's)")
     _add_out(p)

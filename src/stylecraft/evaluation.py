@@ -130,6 +130,7 @@ METHODS: dict[str, str | None] = {
     "LoRA (aMUSEd recipe)": "shapes-lora",
     # not in the paper: LoRA after the transformer layers, where the texture codes are decided (the recipe says why)
     "LoRA on the up block and head": "shapes-head-lora",
+    "LoRA on the head and layer outputs": "shapes-wide-lora",  # the same, plus the paper adapter's sites
     "full fine-tuning": "shapes-full",
 }
 # Muse CFG scale of every row (λB = 1) and StyleDrop style guidance of the adapter rows: the shapes model's own
