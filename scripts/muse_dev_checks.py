@@ -339,10 +339,13 @@ def feedback(model, args) -> None:
         picks = select(base / "round2", "clip")
         if args.encode_pngs:  # Round 2 as before it kept tokens: the picked PNGs are encoded again
             shutil.rmtree(base / "round2" / "tokens")
-        round2 = train_round(
-            model, base / "round2", picks, recipe=args.round2_recipe, progress=False, adapter_dir=base / "r2"
-        )
-        for name, adapted in (("Round 1", round1), ("Round 2", round2)):
+        # Each round is judged before the next trains: two LoRA adapters of one name on one base share its layers
+        for name in ("Round 1", "Round 2"):
+            if name == "Round 2":
+                round2 = train_round(
+                    model, base / "round2", picks, recipe=args.round2_recipe, progress=False, adapter_dir=base / "r2"
+                )
+            adapted = round1 if name == "Round 1" else round2
             images, prompts_ = generate(
                 model, task.prompts, 2, evaluation, model=adapted, adapter="adapter", seed=args.seed
             )
