@@ -76,18 +76,14 @@ class TrainConfig:
             raise StylecraftError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
 
 
-# The shapes world's Muse-mini is ~1000x smaller than Muse-3B, and the paper's recipes (Adam 3e-5, 1000 steps) hardly
-# move its adapters: Round 1 style 0.19 against 0.49 with shapes-round1 (development seed 777; `python
-# scripts/muse_dev_checks.py adapters --recipe round1|shapes-round1 --images-per-prompt 4`). So when no recipe is
-# named, commands on it train with its own versions, the ones every shapes-world table measured.
-SHAPES_RECIPES = {"round1": "shapes-round1", "round2": "shapes-round2", "lora": "shapes-lora", "full": "shapes-full"}
-
-
 def default_recipe(model: str | None, kind: str = "round1") -> str:
     """The recipe to train ``model`` (a --model value or ``MuseModel.name``) with when none is named: the paper's
-    ``kind`` (round1, round2; lora: diffusers' aMUSEd recipe; full: round1's schedule) or the shapes model's own."""
+    ``kind`` (round1, round2; lora: diffusers' aMUSEd recipe; full: round1's schedule) or the shapes model's own
+    (``world.RECIPES``)."""
     if model in (None, "shapes"):
-        return SHAPES_RECIPES[kind]
+        from .world import RECIPES
+
+        return RECIPES[kind]
     return "round1" if kind == "full" else kind
 
 

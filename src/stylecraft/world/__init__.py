@@ -38,6 +38,11 @@ WEIGHTS = Path(__file__).parent / "weights"
 # 0.25 beat 0, 0.5, 0.75 and 1 on content at the same or better style (sampling seeds 777 and 779, never
 # EVAL_SEED; `python scripts/muse_dev_checks.py adapters`).
 SAMPLING = {"guidance_scale": 2.0, "lambda_a": 0.25}
+# The recipes Muse-mini trains with unless one is named (`training.default_recipe`). It is ~1000x smaller than
+# Muse-3B, and the paper's recipes (Adam 3e-5, 1000 steps) hardly move its adapters: Round 1 style 0.19 against 0.49
+# with shapes-round1 (development seed 777; `python scripts/muse_dev_checks.py adapters --recipe
+# round1|shapes-round1 --images-per-prompt 4`).
+RECIPES = {"round1": "shapes-round1", "round2": "shapes-round2", "lora": "shapes-lora", "full": "shapes-full"}
 
 
 def shapes_model_dir() -> Path:
@@ -61,6 +66,7 @@ def oracle_path() -> Path:
 
 
 __all__ = [
+    "RECIPES",
     "SAMPLING",
     "COLOUR_NAMES",
     "GLYPH",
