@@ -22,6 +22,17 @@ def _inputs(muse, batch=3, seed=0):
     return ids, hidden, pooled, muse.micro_conds(batch, 8, 8)
 
 
+# Sites after the transformer layers, one of each kind: a Linear, an attention and a channels-first Conv2d.
+EXTRA_SITES = ["project_from_hidden", "up_block.attention_blocks.0.attn2", "mlm_layer.conv1"]
+
+
+def _config(model, adapter_type, **kwargs):
+    """``adapter_type`` "styledrop+extra": the paper's adapter plus adapters at EXTRA_SITES."""
+    if adapter_type == "styledrop+extra":
+        return model.new_config("styledrop", extra_sites=EXTRA_SITES, **kwargs)
+    return model.new_config(adapter_type, **kwargs)
+
+
 def _perturb(model, name, seed=1):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -42,10 +53,10 @@ def test_styledrop_adapter_matches_the_paper():
     assert torch.equal(adapter.delta(x, 3, 1), torch.zeros_like(x))
 
 
-@pytest.mark.parametrize("adapter_type", ["styledrop", "lora"])
+@pytest.mark.parametrize("adapter_type", ["styledrop", "styledrop+extra", "lora"])
 def test_fresh_adapter_is_a_no_op_and_rows_are_routed(muse, adapter_type):
     model = AdaptedTransformer(muse)
-    model.add_adapter("style", model.new_config(adapter_type, rank=4))
+    model.add_adapter("style", _config(model, adapter_type, rank=4))
     ids, hidden, pooled, micro = _inputs(muse)
     base = model([None] * 3, ids, hidden, pooled, micro)
     assert torch.allclose(model(["style"] * 3, ids, hidden, pooled, micro), base, atol=1e-6)
@@ -61,13 +72,13 @@ def test_fresh_adapter_is_a_no_op_and_rows_are_routed(muse, adapter_type):
     torch.testing.assert_close(muse.transformer(ids, hidden, pooled, micro), base, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("adapter_type", ["styledrop", "lora"])
+@pytest.mark.parametrize("adapter_type", ["styledrop", "styledrop+extra", "lora"])
 def test_wrappers_reusing_one_base_each_apply_their_own_adapter(muse, adapter_type):
     """A loaded base is reused across calls (the Python API, the feedback page): a later wrapper's adapter must
     act, an earlier one's must not, and wrappers must not pile hooks onto the shared transformer."""
     ids, hidden, pooled, micro = _inputs(muse)
     first = AdaptedTransformer(muse)
-    first.add_adapter("adapter", first.new_config(adapter_type, rank=4))
+    first.add_adapter("adapter", _config(first, adapter_type, rank=4))
     _perturb(first, "adapter", 1)
     base = first([None] * 3, ids, hidden, pooled, micro)
     from_first = first(["adapter"] * 3, ids, hidden, pooled, micro)
@@ -77,7 +88,7 @@ def test_wrappers_reusing_one_base_each_apply_their_own_adapter(muse, adapter_ty
 
     count = hooks()
     second = AdaptedTransformer(muse)
-    second.add_adapter("adapter", second.new_config(adapter_type, rank=4))
+    second.add_adapter("adapter", _config(second, adapter_type, rank=4))
     _perturb(second, "adapter", 2)
     from_second = second(["adapter"] * 3, ids, hidden, pooled, micro)
     assert not torch.allclose(from_second, base, atol=1e-4)
@@ -87,6 +98,48 @@ def test_wrappers_reusing_one_base_each_apply_their_own_adapter(muse, adapter_ty
         AdaptedTransformer(muse)
     assert hooks() == count
     torch.testing.assert_close(muse.transformer(ids, hidden, pooled, micro), base, atol=1e-5, rtol=1e-5)
+
+
+def test_extra_sites_adapt_only_their_modules(muse):
+    """An adapter at extra sites (not in the paper) adds ``up(gelu(down(x)))`` to each named module's output over its
+    channels, with its own weights per site; the paper's sites keep their stacked weights."""
+    model = AdaptedTransformer(muse)
+    model.add_adapter("a", model.new_config("styledrop", rank=2, shared=True, extra_sites=EXTRA_SITES))
+    adapter, width = model.styledrop["a"], muse.transformer.config.block_out_channels
+    in_channels = muse.transformer.config.in_channels
+    assert [tuple(d.shape) for d in adapter.extra_down] == [(width, 2), (width, 2), (in_channels, 2)]
+    paper_only = StyleDropAdapter(adapter.num_layers, adapter.hidden_size, 2, shared=True)
+    assert count_parameters(adapter) == count_parameters(paper_only) + 2 * 2 * (2 * width + in_channels)
+    _perturb(model, "a")
+
+    # The head's conv output is channels first: the adapter acts over its channels. Check it against the conv's
+    # input and the next module's input, caught in one routed forward.
+    head, seen = muse.transformer.mlm_layer, {}
+    hooks = [
+        head.conv1.register_forward_pre_hook(lambda module, args: seen.setdefault("conv_in", args[0])),
+        head.layer_norm.register_forward_pre_hook(lambda module, args: seen.setdefault("norm_in", args[0])),
+    ]
+    ids, hidden, pooled, micro = _inputs(muse)
+    try:
+        with model.route(["a"] * 3):
+            muse.transformer(ids, hidden, pooled, micro)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    with torch.no_grad():
+        plain = head.conv1(seen["conv_in"]).permute(0, 2, 3, 1)  # what the layer norm gets without the adapter
+        torch.testing.assert_close(seen["norm_in"], plain + adapter.extra_delta(plain, "mlm_layer.conv1"))
+    assert not torch.allclose(seen["norm_in"], plain, atol=1e-4)
+
+    # Only the adapter's own weights train; a site that is not a module, or has no channel count, is refused.
+    assert all(p.requires_grad for p in model.adapter_parameters("a"))
+    assert not any(p.requires_grad for p in muse.transformer.parameters())
+    with pytest.raises(StylecraftError, match="'up_block.nothing' is not a module"):
+        model.add_adapter("b", model.new_config("styledrop", extra_sites=["up_block.nothing"]))
+    with pytest.raises(StylecraftError, match="is a UVitBlock; name a Linear, Conv2d or attention"):
+        model.add_adapter("c", model.new_config("styledrop", extra_sites=["up_block"]))
+    with pytest.raises(StylecraftError, match="extra_sites applies to the styledrop adapter only"):
+        model.new_config("lora", extra_sites=EXTRA_SITES)
 
 
 def test_two_named_adapters_share_one_base(muse):
@@ -106,15 +159,15 @@ def test_two_named_adapters_share_one_base(muse):
         model(["other"] * 3, ids, hidden, pooled, micro)
 
 
-@pytest.mark.parametrize("adapter_type", ["styledrop", "lora"])
+@pytest.mark.parametrize("adapter_type", ["styledrop", "styledrop+extra", "lora"])
 def test_save_load_round_trip(muse, tmp_path, adapter_type):
     model = AdaptedTransformer(muse)
-    model.add_adapter("a", model.new_config(adapter_type, rank=2, prompts=["a cat in oil painting style"]))
+    model.add_adapter("a", _config(model, adapter_type, rank=2, prompts=["a cat in oil painting style"]))
     _perturb(model, "a")
     model.save_adapter("a", tmp_path / "ad")
     assert {p.name for p in (tmp_path / "ad").iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
     config = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
-    assert config["base_fingerprint"] == muse.fingerprint and config["adapter_type"] == adapter_type
+    assert config["base_fingerprint"] == muse.fingerprint and config["adapter_type"] == adapter_type.split("+")[0]
 
     other = AdaptedTransformer(load_muse(muse.name))
     name = other.load_adapter(tmp_path / "ad")

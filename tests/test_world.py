@@ -139,7 +139,7 @@ def test_shipped_muse_draws_the_prompted_shape_colour_and_style():
 
 def test_commands_train_and_sample_the_shapes_model_as_its_evaluations_do(tmp_path):
     """Without --recipe, --guidance or --lambda-a, `stylecraft train` and `sample` use the shapes model's recipe and
-    settings (shapes-round1; CFG 2, λA 0.25 with an adapter), the ones every table measured. The paper's recipe and
+    settings (shapes-round1-head; CFG 2, λA 0.25 with an adapter), the ones every table measured. The paper's recipe and
     aMUSEd's CFG 10 drew a fraction of the style there."""
     import json
 
@@ -152,8 +152,8 @@ def test_commands_train_and_sample_the_shapes_model_as_its_evaluations_do(tmp_pa
     assert load_muse("shapes").sampling_defaults == SAMPLING == {"guidance_scale": GUIDANCE, "lambda_a": LAMBDA_A}
     assert load_muse("amused-256-random").sampling_defaults == AMUSED_SAMPLING
     assert [default_recipe(None), default_recipe("shapes", "round2"), default_recipe("shapes", "full")] == [
-        "shapes-round1",
-        "shapes-round2",
+        "shapes-round1-head",
+        "shapes-round2-head",
         "shapes-full",
     ]
     assert [default_recipe("amused/amused-256", k) for k in ("round1", "round2", "lora", "full")] == [
@@ -176,7 +176,8 @@ def test_commands_train_and_sample_the_shapes_model_as_its_evaluations_do(tmp_pa
     for name, extra in runs.items():
         assert main([*common, *extra, "--out", str(tmp_path / name)]) == 0
     training = json.loads((tmp_path / "style" / "adapter_config.json").read_text())["training"]
-    assert training["lr"] == load_recipe("shapes-round1").lr != load_recipe("round1").lr and training["shift"] == 1
+    assert training["lr"] == load_recipe("shapes-round1-head").lr != load_recipe("round1").lr and training["shift"] == 1
+    assert training["extra_sites"] == load_recipe("shapes-round1-head").extra_sites != []
     sampling = {name: json.loads((tmp_path / name / "run.json").read_text())["sampling"] for name in runs}
     assert (sampling["plain"]["guidance_scale"], sampling["plain"]["lambda_a"]) == (2.0, None)
     assert (sampling["adapter"]["guidance_scale"], sampling["adapter"]["lambda_a"]) == (2.0, 0.25)

@@ -6,6 +6,10 @@ output (Houlsby-style), no bias, ``up`` zero-initialised so a fresh adapter chan
 layers share one D×H ``down`` and one H×D ``up`` matrix and keep only per-layer offsets (an H-vector after ``down``
 and a D-vector after ``up``), which is how Round 1 stays tiny.
 
+``extra_sites`` (not in the paper) puts the same bottleneck, with its own unshared weights, on the output of further
+modules named by their path in the transformer, e.g. the up block and the head after the transformer layers, where
+a small model such as the shapes world's decides texture (``scripts/muse_dev_checks.py full-parts``).
+
 ``AdaptedTransformer`` holds one frozen base transformer and any number of named adapters, and applies a different
 adapter to each row of a batch (``rows=["style", None, None]``). That is what lets StyleDrop guidance (Eq. 4) and
 two-adapter sampling (Eq. 5-6) run all their passes in one batched forward without copying the base model.
@@ -48,6 +52,7 @@ class AdapterConfig:
     shared: bool = False  # styledrop only: factorised sharing across layers (paper's is_shared)
     lora_alpha: int | None = None  # LoRA scaling numerator (default: rank, i.e. scale 1)
     target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v"])  # LoRA targets
+    extra_sites: list[str] = field(default_factory=list)  # styledrop: more modules (paths) with an adapter each
     base_model: str = ""  # the base model's id / folder / built-in name
     base_fingerprint: str = ""  # MuseModel.fingerprint of that base
     num_layers: int = 0  # transformer layers of the base
@@ -62,14 +67,22 @@ class AdapterConfig:
             raise StylecraftError(f"adapter rank must be a positive integer, got {self.rank!r}")
         if self.shared and self.adapter_type != "styledrop":
             raise StylecraftError("--shared applies to the styledrop adapter only")
+        if self.extra_sites and self.adapter_type != "styledrop":
+            raise StylecraftError("extra_sites applies to the styledrop adapter only; LoRA takes target_modules")
 
 
 class StyleDropAdapter(nn.Module):
     """Bottleneck adapters for every (layer, site): ``x + up(gelu(down(x)))``. Weights are stacked tensors."""
 
-    def __init__(self, num_layers: int, hidden_size: int, rank: int, shared: bool = False):
+    def __init__(
+        self, num_layers: int, hidden_size: int, rank: int, shared: bool = False, extra: dict[str, int] | None = None
+    ):
         super().__init__()
         self.num_layers, self.hidden_size, self.rank, self.shared = num_layers, hidden_size, rank, shared
+        # One unshared [C, H] down and [H, C] up per extra site (path -> its output width C).
+        self.extra_index = {path: i for i, path in enumerate(extra or {})}
+        self.extra_down = nn.ParameterList([nn.Parameter(torch.empty(c, rank)) for c in (extra or {}).values()])
+        self.extra_up = nn.ParameterList([nn.Parameter(torch.zeros(rank, c)) for c in (extra or {}).values()])
         sites = len(STYLEDROP_SITES)
         if shared:
             self.down = nn.Parameter(torch.empty(hidden_size, rank))  # [D, H], one for all layers
@@ -80,7 +93,8 @@ class StyleDropAdapter(nn.Module):
             self.down = nn.Parameter(torch.empty(num_layers, sites, hidden_size, rank))  # [L, 2, D, H]
             self.up = nn.Parameter(torch.zeros(num_layers, sites, rank, hidden_size))  # [L, 2, H, D]
         # Paper: truncated normal with std 0.02 (cut at two standard deviations, as JAX's initialiser); up stays zero.
-        nn.init.trunc_normal_(self.down, std=0.02, a=-0.04, b=0.04)
+        for down in [self.down, *self.extra_down]:
+            nn.init.trunc_normal_(down, std=0.02, a=-0.04, b=0.04)
 
     def delta(self, x: torch.Tensor, layer: int, site: int) -> torch.Tensor:
         """``up(gelu(down(x)))`` for one site. x: [rows, tokens, D] -> [rows, tokens, D]."""
@@ -88,6 +102,11 @@ class StyleDropAdapter(nn.Module):
             hidden = F.gelu(x @ self.down + self.down_offset[layer, site])  # [rows, tokens, H]
             return hidden @ self.up + self.up_offset[layer, site]
         return F.gelu(x @ self.down[layer, site]) @ self.up[layer, site]
+
+    def extra_delta(self, x: torch.Tensor, path: str) -> torch.Tensor:
+        """``up(gelu(down(x)))`` over the last dimension of an extra site's output (channels last)."""
+        i = self.extra_index[path]
+        return F.gelu(x @ self.extra_down[i]) @ self.extra_up[i]
 
 
 class AdaptedTransformer(nn.Module):
@@ -138,7 +157,10 @@ class AdaptedTransformer(nn.Module):
         if config.adapter_type == "full":
             pass  # the base transformer's own weights are the "adapter"
         elif config.adapter_type == "styledrop":
-            adapter = StyleDropAdapter(config.num_layers, config.hidden_size, config.rank, config.shared)
+            extra = {path: _output_width(self._site_module(path), path) for path in config.extra_sites}
+            for path in extra:
+                self._hook_extra_site(path)
+            adapter = StyleDropAdapter(config.num_layers, config.hidden_size, config.rank, config.shared, extra)
             self.styledrop[name] = adapter.to(self.transformer.device, self.transformer.dtype)
         else:
             lora = LoraConfig(
@@ -157,6 +179,23 @@ class AdaptedTransformer(nn.Module):
         self.transformer.requires_grad_(False)
         for parameter in self.adapter_parameters(name):
             parameter.requires_grad_(True)
+
+    def _site_module(self, path: str) -> nn.Module:
+        try:
+            return self.transformer.get_submodule(path)
+        except AttributeError:
+            raise StylecraftError(
+                f"extra adapter site {path!r} is not a module of this transformer; name one of its module paths, "
+                "e.g. up_block.res_blocks.0.channelwise_linear_2"
+            ) from None
+
+    def _hook_extra_site(self, path: str) -> None:
+        """One hook per extra site on the shared base (as the paper's sites), added when an adapter first needs it."""
+        hooked = self.transformer.__dict__.setdefault("_stylecraft_extra_hooked", set())
+        if path not in hooked:
+            module = self._site_module(path)
+            module.register_forward_hook(partial(_extra_hook, self.transformer, path, isinstance(module, nn.Conv2d)))
+            hooked.add(path)
 
     def _check_base(self, config: AdapterConfig, name: str) -> None:
         if config.base_fingerprint and config.base_fingerprint != self.base_fingerprint:
@@ -261,6 +300,22 @@ class AdaptedTransformer(nn.Module):
                 output = output.index_add(0, index, adapter.delta(output[index], layer, site))
         return output
 
+    def _add_extra(self, path: str, output: torch.Tensor, channels_first: bool) -> torch.Tensor:
+        if not self._rows or not self.styledrop:
+            return output
+        rows = self._rows
+        x = output.movedim(1, -1) if channels_first else output
+        for name, adapter in self.styledrop.items():
+            selected = [i for i, r in enumerate(rows) if r == name]
+            if not selected or path not in adapter.extra_index:
+                continue
+            if len(selected) == len(rows):
+                x = x + adapter.extra_delta(x, path)
+            else:
+                index = torch.tensor(selected, device=x.device)
+                x = x.index_add(0, index, adapter.extra_delta(x[index], path))
+        return x.movedim(-1, 1) if channels_first else x
+
     def forward(self, rows: list[str | None], *args, **kwargs) -> torch.Tensor:
         """The base transformer's forward with per-row adapters."""
         with self.route(rows):
@@ -275,6 +330,25 @@ def _router(transformer: nn.Module) -> AdaptedTransformer | None:
 def _styledrop_hook(transformer, layer: int, site: int, module, args, output: torch.Tensor) -> torch.Tensor:
     router = _router(transformer)
     return output if router is None else router._add_styledrop(layer, site, output)
+
+
+def _extra_hook(transformer, path: str, channels_first: bool, module, args, output: torch.Tensor) -> torch.Tensor:
+    router = _router(transformer)
+    return output if router is None else router._add_extra(path, output, channels_first)
+
+
+def _output_width(module: nn.Module, path: str) -> int:
+    """The channel count of a module's output: a Linear's out_features, a Conv2d's out_channels, an attention's."""
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    if isinstance(module, nn.Conv2d):
+        return module.out_channels
+    to_out = getattr(module, "to_out", None)  # diffusers' Attention
+    if isinstance(to_out, nn.ModuleList) and isinstance(to_out[0], nn.Linear):
+        return to_out[0].out_features
+    raise StylecraftError(
+        f"extra adapter site {path!r} is a {type(module).__name__}; name a Linear, Conv2d or attention module"
+    )
 
 
 def _lora_hook(transformer, module, args, kwargs):

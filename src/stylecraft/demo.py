@@ -15,6 +15,7 @@ from .evaluation import GUIDANCE, LAMBDA_A, generate, make_task, measure
 from .io import make_grid, output_dir, save_png, write_json
 from .sampling import SamplingConfig
 from .training import load_recipe, train_adapter
+from .world import RECIPES
 
 DEMO_STYLE = "neon glow"  # held out of Muse-mini's pretraining
 IMAGES_PER_PROMPT = 2
@@ -46,7 +47,7 @@ def run_demo(
     muse = load(model)
     task = make_task(style)
     oracles, scorer = load_oracles(), load_scorer()
-    recipe = load_recipe("shapes-round1", steps=steps)
+    recipe = load_recipe(RECIPES["round1"], steps=steps)
     sampling = SamplingConfig(steps=12, guidance_scale=GUIDANCE, lambda_a=LAMBDA_A)  # as the eval harness
     with output_dir(out, overwrite=overwrite) as folder:
         save_png(task.reference, folder / "reference.png", {"prompt": task.reference_prompt})

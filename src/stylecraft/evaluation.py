@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .world import COLOUR_NAMES, SAMPLING, SHAPES, STYLES, caption, parse_caption, render_prompts
+from .world import COLOUR_NAMES, RECIPES, SAMPLING, SHAPES, STYLES, caption, parse_caption, render_prompts
 
 EVAL_SEED = 1_000_003  # sampling seeds of evaluation runs; training uses small seeds
 
@@ -126,6 +126,8 @@ def generate(
 METHODS: dict[str, str | None] = {
     "prompt only": None,
     "StyleDrop Round 1": "shapes-round1",  # moved copies of the reference (shift 1), chosen on development seeds
+    # not in the paper: the same adapter also after the transformer layers (the shapes model's default since then)
+    "StyleDrop Round 1, also after the layers": "shapes-round1-head",
     "StyleDrop Round 1, unshifted": "shapes-round1-unshifted",  # the reference alone, as in the paper
     "LoRA (aMUSEd recipe)": "shapes-lora",
     # not in the paper: LoRA after the transformer layers, where the texture codes are decided (the recipe says why)
@@ -405,6 +407,7 @@ def run_feedback_table(
         "num_images": num_images,
         "per_prompt": per_prompt,
         "repeats": repeats,
+        "recipes": {"round1": RECIPES["round1"], "round2": RECIPES["round2"]},
         "guidance": GUIDANCE,
         "lambda_a": LAMBDA_A,
         "eval_seed": EVAL_SEED,
@@ -418,7 +421,7 @@ def run_feedback_table(
                 muse,
                 [task.reference],
                 [task.reference_prompt],
-                load_recipe("shapes-round1", steps=round1_steps),
+                load_recipe(RECIPES["round1"], steps=round1_steps),
                 base / "round1",
                 progress=False,
             )
@@ -460,7 +463,7 @@ def run_feedback_table(
                         muse,
                         round_dir,
                         selected,
-                        recipe="shapes-round2",
+                        recipe=RECIPES["round2"],
                         steps=round2_steps,
                         progress=False,
                         adapter_dir=base / f"round2-{slug}{suffix}",
@@ -515,15 +518,21 @@ FEEDBACK_COLUMNS = [c for c in TABLE_COLUMNS if c[0] not in ("train_seconds", "t
 REPEAT_COLUMNS = [c for c in TABLE_COLUMNS if c[0] in ("style_accuracy", "shape_accuracy", "leakage")]
 
 
+def _recipe_note(results: dict, kind: str) -> str:
+    """ ", recipe `R`" for a results file that records its recipes (older ones do not)."""
+    recipe = results.get("recipes", {}).get(kind)
+    return f", recipe `{recipe}`" if recipe else ""
+
+
 def feedback_markdown(results: dict) -> str:
     """The feedback table (mean over styles, then per style) with the two plots."""
     intro = [
         f"# Iterative training with feedback in the shapes world (model `{results['model']}`)",
         "",
-        f"Round 1 trains on one reference render; Round 2 trains a fresh adapter (d_prj 32, not shared) on one "
-        f"candidate per feedback prompt ({results['per_prompt']} candidates each; the VQ tokens it was decoded "
-        "from) picked by CLIP text score, at random, or by the oracles (a stand-in upper bound for a person's "
-        "picks; evaluation only). Evaluation: "
+        f"Round 1 trains on one reference render{_recipe_note(results, 'round1')}; Round 2 trains a fresh adapter "
+        f"(d_prj 32, not shared{_recipe_note(results, 'round2')}) on one candidate per feedback prompt "
+        f"({results['per_prompt']} candidates each; the VQ tokens it was decoded from) picked by CLIP text score, "
+        "at random, or by the oracles (a stand-in upper bound for a person's picks; evaluation only). Evaluation: "
         f"{results['num_images']} images per prompt on prompts disjoint from the feedback prompts, CFG "
         f"{results['guidance']}, λA {results['lambda_a']}. {SE_NOTE}",
     ]

@@ -49,6 +49,7 @@ class TrainConfig:
     shared: bool | None = None  # factorised sharing (paper: Round 1 shared, Round 2 not); None: styledrop -> True
     lora_alpha: int | None = None  # LoRA alpha (default = rank)
     target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v"])  # LoRA targets
+    extra_sites: list[str] = field(default_factory=list)  # styledrop: further module paths with an adapter each
     steps: int = 1000  # optimisation steps
     lr: float = 3e-5  # Adam learning rate
     batch_size: int = 8  # images per step (drawn with replacement from the training pairs)
@@ -175,6 +176,7 @@ def train_adapter(
         config.shared,
         lora_alpha=config.lora_alpha,
         target_modules=config.target_modules,
+        extra_sites=list(config.extra_sites),
         prompts=list(dict.fromkeys(prompts)),
         training=asdict(config),
     )

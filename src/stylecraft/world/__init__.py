@@ -41,8 +41,16 @@ SAMPLING = {"guidance_scale": 2.0, "lambda_a": 0.25}
 # The recipes Muse-mini trains with unless one is named (`training.default_recipe`). It is ~1000x smaller than
 # Muse-3B, and the paper's recipes (Adam 3e-5, 1000 steps) hardly move its adapters: Round 1 style 0.19 against 0.49
 # with shapes-round1 (development seed 777; `python scripts/muse_dev_checks.py adapters --recipe
-# round1|shapes-round1 --images-per-prompt 4`).
-RECIPES = {"round1": "shapes-round1", "round2": "shapes-round2", "lora": "shapes-lora", "full": "shapes-full"}
+# round1|shapes-round1 --images-per-prompt 4`). Its rounds also put the adapter after the transformer layers, where
+# it decides texture (not in the paper): Round 1 style 0.70 and 0.75, content 0.82 and 0.89 against shapes-round1's
+# 0.49 and 0.54, 0.84 and 0.80 (seeds 777 and 778; `... adapters --recipe R --lambda-a 0.25 --images-per-prompt 4
+# --seed S`).
+RECIPES = {
+    "round1": "shapes-round1-head",
+    "round2": "shapes-round2-head",
+    "lora": "shapes-lora",
+    "full": "shapes-full",
+}
 
 
 def shapes_model_dir() -> Path:
