@@ -339,7 +339,7 @@ def feedback(model, args) -> None:
         picks = select(base / "round2", "clip")
         if args.encode_pngs:  # Round 2 as before it kept tokens: the picked PNGs are encoded again
             shutil.rmtree(base / "round2" / "tokens")
-        # Each round is judged before the next trains: two LoRA adapters of one name on one base share its layers
+        # Each round is judged before the next trains (needed before LoRA adapters got a peft name each)
         for name in ("Round 1", "Round 2"):
             if name == "Round 2":
                 round2 = train_round(

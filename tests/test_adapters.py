@@ -94,6 +94,8 @@ def test_wrappers_reusing_one_base_each_apply_their_own_adapter(muse, adapter_ty
     assert not torch.allclose(from_second, base, atol=1e-4)
     assert not torch.allclose(from_second, from_first, atol=1e-4)
     torch.testing.assert_close(second([None] * 3, ids, hidden, pooled, micro), base, atol=1e-5, rtol=1e-5)
+    # the first wrapper still samples its own adapter: a LoRA of the same name did not replace it in the shared layers
+    torch.testing.assert_close(first(["adapter"] * 3, ids, hidden, pooled, micro), from_first, atol=1e-5, rtol=1e-5)
     for _ in range(3):
         AdaptedTransformer(muse)
     assert hooks() == count

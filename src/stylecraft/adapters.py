@@ -17,6 +17,7 @@ two-adapter sampling (Eq. 5-6) run all their passes in one batched forward witho
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Iterator
@@ -41,6 +42,9 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 ADAPTER_TYPES = ("styledrop", "lora", "full")  # "full": the whole transformer (a baseline)
 # StyleDrop's two adapter sites in each transformer layer (diffusers' BasicTransformerBlock submodule names).
 STYLEDROP_SITES = ("attn2", "ff")
+# peft names of LoRA adapters, unique per process: a LoRA lives inside the base model's layers, and wrappers that
+# share one base (the Python API, the feedback page) may each call theirs "adapter"
+_PEFT_NAMES = (f"stylecraft{i}" for i in itertools.count())
 
 
 @dataclass
@@ -116,7 +120,7 @@ class AdaptedTransformer(nn.Module):
         super().__init__()
         self.transformer = muse.transformer
         self.styledrop = nn.ModuleDict()
-        self.lora_names: list[str] = []
+        self.peft_names: dict[str, str] = {}  # LoRA adapter name -> its name inside the base model's peft layers
         self.configs: dict[str, AdapterConfig] = {}
         self.base_name, self.base_fingerprint = muse.name, muse.fingerprint
         self._rows: list[str | None] | None = None
@@ -169,12 +173,12 @@ class AdaptedTransformer(nn.Module):
                 target_modules=config.target_modules,
                 init_lora_weights=True,  # B = 0: a fresh LoRA is a no-op like the paper's adapter
             )
-            inject_adapter_in_model(lora, self.transformer, adapter_name=name)
+            self.peft_names[name] = next(_PEFT_NAMES)
+            inject_adapter_in_model(lora, self.transformer, adapter_name=self.peft_names[name])
             for module in self.transformer.modules():
                 if isinstance(module, LoraLayer) and not getattr(module, "_stylecraft_routed", False):
                     module.register_forward_pre_hook(partial(_lora_hook, self.transformer), with_kwargs=True)
                     module._stylecraft_routed = True
-            self.lora_names.append(name)
         self.configs[name] = config
         self.transformer.requires_grad_(False)
         for parameter in self.adapter_parameters(name):
@@ -213,7 +217,8 @@ class AdaptedTransformer(nn.Module):
             return list(self.transformer.parameters())
         if name in self.styledrop:
             return list(self.styledrop[name].parameters())
-        return [p for n, p in self.transformer.named_parameters() if f".{name}." in n and "lora_" in n]
+        peft_name = self.peft_names[name]
+        return [p for n, p in self.transformer.named_parameters() if f".{peft_name}." in n and "lora_" in n]
 
     def adapter_state_dict(self, name: str) -> dict[str, torch.Tensor]:
         if self.is_full(name):
@@ -221,7 +226,7 @@ class AdaptedTransformer(nn.Module):
         elif name in self.styledrop:
             state = self.styledrop[name].state_dict()
         else:
-            state = get_peft_model_state_dict(self.transformer, adapter_name=name)
+            state = get_peft_model_state_dict(self.transformer, adapter_name=self.peft_names[name])
         return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
 
     def load_adapter_state_dict(self, name: str, state: dict[str, torch.Tensor]) -> None:
@@ -238,7 +243,7 @@ class AdaptedTransformer(nn.Module):
         elif name in self.styledrop:
             self.styledrop[name].load_state_dict(state)
         else:
-            set_peft_model_state_dict(self.transformer, state, adapter_name=name)
+            set_peft_model_state_dict(self.transformer, state, adapter_name=self.peft_names[name])
 
     def save_adapter(self, name: str, folder: str | Path) -> None:
         """Write ``adapter_model.safetensors`` then ``adapter_config.json`` (written last: it marks completion)."""
@@ -281,9 +286,9 @@ class AdaptedTransformer(nn.Module):
             object.__setattr__(self.transformer, "_stylecraft_router", previous)
 
     def _lora_names(self, batch: int) -> list[str]:
-        """The LoRA of each row of a forward ("__base__": none); outside a routed forward every row is the base."""
+        """The peft LoRA of each row of a forward ("__base__": none); outside a routed forward every row is the base."""
         rows = self._rows or [None] * batch
-        return [r if r in self.lora_names else "__base__" for r in rows]
+        return [self.peft_names.get(r, "__base__") if r is not None else "__base__" for r in rows]
 
     def _add_styledrop(self, layer: int, site: int, output: torch.Tensor) -> torch.Tensor:
         if not self._rows or not self.styledrop:

@@ -43,10 +43,9 @@ def train(
     """Train an adapter on image(s) + prompt(s) and write it to ``out``; ``config`` defaults to StyleDrop's Round 1
     recipe for ``muse`` (the paper's, or the shapes model's own: ``training.default_recipe``).
 
-    A LoRA adapter lives in ``muse``'s own layers under the name "adapter": training a second LoRA on the same
-    ``muse`` replaces the first one there, so a wrapper returned earlier then samples the second. Load a fresh base
-    (``load``) for each LoRA trained in one process, or sample from the saved folders. The paper's adapter keeps its
-    weights outside ``muse``; a full fine-tune changes ``muse`` itself (see ``sample``)."""
+    A LoRA adapter lives in ``muse``'s own layers, under a peft name of its own (so a later one leaves it be), for as
+    long as ``muse`` lives. The paper's adapter keeps its weights outside ``muse``; a full fine-tune changes ``muse``
+    itself (see ``sample``)."""
     loaded = [img if isinstance(img, Image.Image) else load_image(img, muse.resolution) for img in images]
     loaded = [
         img.convert("RGB").resize((muse.resolution,) * 2) if img.size != (muse.resolution,) * 2 else img

@@ -155,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--select", choices=["clip", "random", "human"], default="clip", help="selection (default clip)")
     p.add_argument(
-        "--recipe", default=None, help="Round-2 training recipe (default round2; shapes-round2 on the shapes model)"
+        "--recipe",
+        default=None,
+        help="Round-2 training recipe (default round2; shapes-round2-head on the shapes model)",
     )
     p.add_argument("--train-steps", type=int, default=None, help="Round-2 training steps (default: the recipe's)")
     p.add_argument("--no-train", action="store_true", help="stop after generating, scoring and selecting")
@@ -201,7 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="base model for Round 2 (default: the round's, from round.json)")
     p.add_argument("--device", default="cpu", help="torch device for Round 2, e.g. cpu or cuda (default: cpu)")
     p.add_argument(
-        "--recipe", default=None, help="Round-2 training recipe (default round2; shapes-round2 on the shapes model)"
+        "--recipe",
+        default=None,
+        help="Round-2 training recipe (default round2; shapes-round2-head on the shapes model)",
     )
     p.add_argument("--train-steps", type=int, default=None, help="Round-2 training steps (default: the recipe's)")
     p.add_argument("--open", action="store_true", help="also open the page in the default browser")
