@@ -69,6 +69,7 @@ def run_demo(
             "style": style,
             "reference_prompt": task.reference_prompt,
             "prompts": task.prompts,
+            "recipe_name": RECIPES["round1"],
             "recipe": recipe.__dict__,
             "sampling": sampling.__dict__,
             "results": results,
@@ -99,7 +100,8 @@ def _markdown(summary: dict) -> str:
             "",
             f"Reference ({summary['reference_prompt']}): ![reference](reference.png)",
             "",
-            f"Model `{summary['model']}`; Round-1 adapter trained in {summary['train_seconds']} s; "
+            f"Model `{summary['model']}`; Round-1 adapter (recipe `{summary['recipe_name']}`) trained in "
+            f"{summary['train_seconds']} s; "
             f"whole demo {summary['total_seconds']} s. Prompts: other shapes and colours in the same style.",
             "",
             *table,
