@@ -43,8 +43,9 @@ ADAPTER_TYPES = ("styledrop", "lora", "full")  # "full": the whole transformer (
 # StyleDrop's two adapter sites in each transformer layer (diffusers' BasicTransformerBlock submodule names).
 STYLEDROP_SITES = ("attn2", "ff")
 # peft names of LoRA adapters, unique per process: a LoRA lives inside the base model's layers, and wrappers that
-# share one base (the Python API, the feedback page) may each call theirs "adapter"
-_PEFT_NAMES = (f"stylecraft{i}" for i in itertools.count())
+# share one base (the Python API, the feedback page) may each call theirs "adapter". A count, not a generator: next()
+# on itertools.count is safe from several threads (the feedback page trains in one of its own).
+_PEFT_COUNT = itertools.count()
 
 
 @dataclass
@@ -173,7 +174,7 @@ class AdaptedTransformer(nn.Module):
                 target_modules=config.target_modules,
                 init_lora_weights=True,  # B = 0: a fresh LoRA is a no-op like the paper's adapter
             )
-            self.peft_names[name] = next(_PEFT_NAMES)
+            self.peft_names[name] = f"stylecraft{next(_PEFT_COUNT)}"
             inject_adapter_in_model(lora, self.transformer, adapter_name=self.peft_names[name])
             for module in self.transformer.modules():
                 if isinstance(module, LoraLayer) and not getattr(module, "_stylecraft_routed", False):
