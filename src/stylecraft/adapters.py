@@ -292,6 +292,19 @@ class AdaptedTransformer(nn.Module):
         return [self.peft_names.get(r, "__base__") if r is not None else "__base__" for r in rows]
 
     def _add_styledrop(self, layer: int, site: int, output: torch.Tensor) -> torch.Tensor:
+        return self._add_routed(output, lambda adapter, x: adapter.delta(x, layer, site))
+
+    def _add_extra(self, path: str, output: torch.Tensor, channels_first: bool) -> torch.Tensor:
+        if not self._rows or not self.styledrop:
+            return output
+        x = output.movedim(1, -1) if channels_first else output
+        x = self._add_routed(
+            x, lambda adapter, rows: adapter.extra_delta(rows, path), lambda adapter: path in adapter.extra_index
+        )
+        return x.movedim(-1, 1) if channels_first else x
+
+    def _add_routed(self, output: torch.Tensor, delta, applies=lambda adapter: True) -> torch.Tensor:
+        """``output`` plus ``delta(adapter, rows)`` on the rows routed to each StyleDrop adapter that ``applies``."""
         if not self._rows or not self.styledrop:
             return output
         rows = self._rows
@@ -299,28 +312,14 @@ class AdaptedTransformer(nn.Module):
             raise ValueError(f"routing has {len(rows)} rows but the batch has {output.shape[0]}")
         for name, adapter in self.styledrop.items():
             selected = [i for i, r in enumerate(rows) if r == name]
-            if len(selected) == len(rows):
-                output = output + adapter.delta(output, layer, site)
-            elif selected:
-                index = torch.tensor(selected, device=output.device)
-                output = output.index_add(0, index, adapter.delta(output[index], layer, site))
-        return output
-
-    def _add_extra(self, path: str, output: torch.Tensor, channels_first: bool) -> torch.Tensor:
-        if not self._rows or not self.styledrop:
-            return output
-        rows = self._rows
-        x = output.movedim(1, -1) if channels_first else output
-        for name, adapter in self.styledrop.items():
-            selected = [i for i, r in enumerate(rows) if r == name]
-            if not selected or path not in adapter.extra_index:
+            if not selected or not applies(adapter):
                 continue
             if len(selected) == len(rows):
-                x = x + adapter.extra_delta(x, path)
+                output = output + delta(adapter, output)
             else:
-                index = torch.tensor(selected, device=x.device)
-                x = x.index_add(0, index, adapter.extra_delta(x[index], path))
-        return x.movedim(-1, 1) if channels_first else x
+                index = torch.tensor(selected, device=output.device)
+                output = output.index_add(0, index, delta(adapter, output[index]))
+        return output
 
     def forward(self, rows: list[str | None], *args, **kwargs) -> torch.Tensor:
         """The base transformer's forward with per-row adapters."""
