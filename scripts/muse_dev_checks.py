@@ -21,7 +21,8 @@ notes' diagnoses. Each prints oracle accuracies; none writes anything.
     python scripts/muse_dev_checks.py feedback --lambda-a 1    # Round 1 vs Round 2 (CLIP picks), candidates
                                                                # drawn at λA 1; --round2-recipe R,
                                                                # --per-prompt K (default 4) (777);
-                                                               # --encode-pngs: Round 2 without the kept tokens
+                                                               # --encode-pngs: Round 2 without the kept tokens;
+                                                               # --rounds N: chain Round 3.. the same way
     python scripts/muse_dev_checks.py round-trip               # Round 2's picks as drawn vs through the VQ again
                                                                # (--feedback-dir, default runs/eval-feedback)
     python scripts/muse_dev_checks.py round2 --round2-steps 300 900   # Round 2 again on a feedback folder's picks
@@ -314,7 +315,7 @@ def mix(model, args) -> None:
 def feedback(model, args) -> None:
     """Round 1 vs Round 2 (CLIP picks of ``--per-prompt`` candidates per feedback prompt, drawn at ``--lambda-a``[0]);
     Round 2 trains with ``--round2-recipe``; both judged at the evaluation λA on the held-out styles' prompts (seed
-    ``--seed``)."""
+    ``--seed``). ``--rounds N`` chains further rounds the same way (Round 3 from Round 2's candidates, ...)."""
     from pathlib import Path
 
     from stylecraft.evaluation import GUIDANCE, LAMBDA_A, generate, make_task, measure
@@ -324,33 +325,41 @@ def feedback(model, args) -> None:
     from stylecraft.world import HELD_OUT_STYLES
     from stylecraft.world.oracles import load_oracles
 
-    oracles, rows = load_oracles(), {"Round 1": [], "Round 2": []}
+    oracles = load_oracles()
+    rows: dict[str, list[dict]] = {f"Round {n}": [] for n in range(1, args.rounds + 1)}
     evaluation = SamplingConfig(steps=12, guidance_scale=GUIDANCE, lambda_a=LAMBDA_A)
     candidates = SamplingConfig(steps=12, guidance_scale=GUIDANCE, lambda_a=args.lambda_a[0])
     for style in HELD_OUT_STYLES:
         task, base = make_task(style), Path(tempfile.mkdtemp())
-        round1 = train_adapter(
+        adapted = train_adapter(
             model, [task.reference], [task.reference_prompt], load_recipe(args.recipe), base / "r1", progress=False
         )
         prompts = [f"{content} in {style} style" for content in SHAPES_WORLD_CONTENT]
-        generate_candidates(
-            model, base / "r1", prompts, base / "round2", style, args.per_prompt, config=candidates, progress=False
-        )
-        picks = select(base / "round2", "clip")
-        if args.encode_pngs:  # Round 2 as before it kept tokens: the picked PNGs are encoded again
-            shutil.rmtree(base / "round2" / "tokens")
         # Each round is judged before the next trains (needed before LoRA adapters got a peft name each)
-        for name in ("Round 1", "Round 2"):
-            if name == "Round 2":
-                round2 = train_round(
-                    model, base / "round2", picks, recipe=args.round2_recipe, progress=False, adapter_dir=base / "r2"
+        for n in range(1, args.rounds + 1):
+            if n > 1:
+                round_dir = base / f"round{n}"
+                generate_candidates(
+                    model,
+                    base / f"r{n - 1}",
+                    prompts,
+                    round_dir,
+                    style,
+                    args.per_prompt,
+                    config=candidates,
+                    progress=False,
                 )
-            adapted = round1 if name == "Round 1" else round2
+                picks = select(round_dir, "clip")
+                if args.encode_pngs:  # Round 2 as before it kept tokens: the picked PNGs are encoded again
+                    shutil.rmtree(round_dir / "tokens")
+                adapted = train_round(
+                    model, round_dir, picks, recipe=args.round2_recipe, progress=False, adapter_dir=base / f"r{n}"
+                )
             images, prompts_ = generate(
                 model, task.prompts, 2, evaluation, model=adapted, adapter="adapter", seed=args.seed
             )
-            rows[name].append(measure(images, prompts_, task, oracles))
-            print(style, name, _rounded(rows[name][-1]), flush=True)
+            rows[f"Round {n}"].append(measure(images, prompts_, task, oracles))
+            print(style, f"Round {n}", _rounded(rows[f"Round {n}"][-1]), flush=True)
     for name, metrics in rows.items():
         print("mean", name, _rounded(_mean(metrics)), flush=True)
 
@@ -455,6 +464,7 @@ def main() -> None:
         help="λA values for `adapters`; `feedback` draws candidates at the first",
     )
     parser.add_argument("--per-prompt", type=int, default=4, help="`feedback`: candidates per feedback prompt")
+    parser.add_argument("--rounds", type=int, default=2, help="`feedback`: rounds to chain (default 2)")
     parser.add_argument("--models", nargs="+", help="`compare`: Muse folders to compare (default: the shipped one)")
     parser.add_argument("--sampling-steps", type=int, default=12, help="`adapters`: decoding steps")
     parser.add_argument("--images-per-prompt", type=int, default=2, help="`adapters`: images per prompt (default 2)")
