@@ -102,6 +102,53 @@ def test_wrappers_reusing_one_base_each_apply_their_own_adapter(muse, adapter_ty
     torch.testing.assert_close(muse.transformer(ids, hidden, pooled, micro), base, atol=1e-5, rtol=1e-5)
 
 
+def _lora_names_in(transformer) -> set[str]:
+    from peft.tuners.lora import LoraLayer
+
+    return {name for m in transformer.modules() if isinstance(m, LoraLayer) for name in m.lora_A}
+
+
+@pytest.mark.parametrize("adapter_type", ["styledrop", "styledrop+extra", "lora"])
+def test_removed_or_dropped_adapters_free_their_weights(muse, adapter_type):
+    """A LoRA lives in the shared base's layers: removing it, or dropping the wrapper that holds it, must take it
+    out of them (a base reused for many samples or rounds would otherwise keep every LoRA), and leave another
+    wrapper's adapter working as before."""
+    import gc
+
+    ids, hidden, pooled, micro = _inputs(muse)
+    keeper = AdaptedTransformer(muse)
+    keeper.add_adapter("adapter", _config(keeper, adapter_type, rank=4))
+    _perturb(keeper, "adapter", 1)
+    kept = keeper(["adapter"] * 3, ids, hidden, pooled, micro)
+    base = keeper([None] * 3, ids, hidden, pooled, micro)
+    before = _lora_names_in(muse.transformer)
+
+    dropped = AdaptedTransformer(muse)
+    dropped.add_adapter("adapter", _config(dropped, adapter_type, rank=4))
+    dropped.add_adapter("other", _config(dropped, adapter_type, rank=4))
+    _perturb(dropped, "other", 2)
+    assert not torch.allclose(dropped(["other"] * 3, ids, hidden, pooled, micro), base, atol=1e-4)
+    dropped.remove_adapter("other")
+    assert sorted(dropped.configs) == ["adapter"] and "other" not in dropped.styledrop
+    with pytest.raises(StylecraftError, match="no adapter named 'other'"):
+        dropped(["other"] * 3, ids, hidden, pooled, micro)
+    if adapter_type == "lora":
+        assert len(_lora_names_in(muse.transformer)) == len(before) + 1  # "adapter" of `dropped` only
+    del dropped
+    gc.collect()
+
+    assert _lora_names_in(muse.transformer) == before
+    torch.testing.assert_close(keeper(["adapter"] * 3, ids, hidden, pooled, micro), kept, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(keeper([None] * 3, ids, hidden, pooled, micro), base, atol=1e-5, rtol=1e-5)
+    mixed = keeper(["adapter", None, "adapter"], ids, hidden, pooled, micro)  # peft's mixed-batch path
+    torch.testing.assert_close(mixed[::2], kept[::2], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mixed[1], base[1], atol=1e-5, rtol=1e-5)
+    assert all(p.requires_grad for p in keeper.adapter_parameters("adapter"))  # nothing promoted or frozen
+    keeper.remove_adapter("adapter")
+    assert _lora_names_in(muse.transformer) == set()
+    torch.testing.assert_close(muse.transformer(ids, hidden, pooled, micro), base, atol=1e-5, rtol=1e-5)
+
+
 def test_extra_sites_adapt_only_their_modules(muse):
     """An adapter at extra sites (not in the paper) adds ``up(gelu(down(x)))`` to each named module's output over its
     channels, with its own weights per site; the paper's sites keep their stacked weights."""

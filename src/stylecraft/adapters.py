@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -135,6 +136,10 @@ class AdaptedTransformer(nn.Module):
                         partial(_styledrop_hook, self.transformer, index, site)
                     )
             object.__setattr__(self.transformer, "_stylecraft_hooked", True)  # a plain attribute, not a submodule
+        # A LoRA lives in the shared base's layers, not in this wrapper: when the wrapper goes, its LoRAs go too, so
+        # a base reused for many rounds or samples does not keep every LoRA it ever held.
+        self._lora_finalizer = weakref.finalize(self, _delete_loras, self.transformer, self.peft_names)
+        self._lora_finalizer.atexit = False
 
     # ---- adding, saving, loading -------------------------------------------------------------------------
     def new_config(self, adapter_type: str = "styledrop", rank: int = 4, shared: bool = False, **kwargs):
@@ -157,6 +162,9 @@ class AdaptedTransformer(nn.Module):
         if name == "__base__":
             raise StylecraftError("'__base__' is reserved for the base model")
         self._check_base(config, name)
+        # other wrappers' LoRAs live in the same layers: adding this one (peft re-flags a layer's adapters, and the
+        # base is frozen below) must not freeze or unfreeze theirs, e.g. one that is training in another thread
+        others = {p: p.requires_grad for n, p in self.transformer.named_parameters() if "lora_" in n}
         if config.adapter_type == "full" and self.configs:
             raise StylecraftError("a fully fine-tuned transformer replaces the base: load it without other adapters")
         if config.adapter_type == "full":
@@ -182,8 +190,24 @@ class AdaptedTransformer(nn.Module):
                     module._stylecraft_routed = True
         self.configs[name] = config
         self.transformer.requires_grad_(False)
+        for parameter, flag in others.items():
+            parameter.requires_grad_(flag)
         for parameter in self.adapter_parameters(name):
             parameter.requires_grad_(True)
+
+    def remove_adapter(self, name: str) -> None:
+        """Unload adapter ``name`` and free its weights (a LoRA leaves the shared base's layers)."""
+        if name not in self.configs:
+            raise StylecraftError(f"no adapter named {name!r} is loaded; loaded: {sorted(self.configs)}")
+        if self.is_full(name):
+            raise StylecraftError(
+                "a fully fine-tuned transformer is the base model itself; load the base model again to drop it"
+            )
+        if name in self.styledrop:
+            del self.styledrop[name]
+        else:
+            _delete_loras(self.transformer, {name: self.peft_names.pop(name)})
+        del self.configs[name]
 
     def _site_module(self, path: str) -> nn.Module:
         try:
@@ -354,6 +378,18 @@ def _output_width(module: nn.Module, path: str) -> int:
     raise StylecraftError(
         f"extra adapter site {path!r} is a {type(module).__name__}; name a Linear, Conv2d or attention module"
     )
+
+
+def _delete_loras(transformer: nn.Module, peft_names: dict[str, str]) -> None:
+    """Delete the peft LoRAs ``peft_names`` (values) from every LoRA layer of ``transformer``."""
+    for peft_name in list(peft_names.values()):
+        for module in transformer.modules():
+            if isinstance(module, LoraLayer) and peft_name in module.lora_A:
+                # our hook sets the active adapter per forward; clearing it first keeps peft from promoting (and
+                # unfreezing) another wrapper's LoRA in its place
+                module._active_adapter = []
+                module.delete_adapter(peft_name)
+    peft_names.clear()
 
 
 def _lora_hook(transformer, module, args, kwargs):

@@ -44,8 +44,9 @@ def train(
     recipe for ``muse`` (the paper's, or the shapes model's own: ``training.default_recipe``).
 
     A LoRA adapter lives in ``muse``'s own layers, under a peft name of its own (so a later one leaves it be), for as
-    long as ``muse`` lives. The paper's adapter keeps its weights outside ``muse``; a full fine-tune changes ``muse``
-    itself (see ``sample``)."""
+    long as the returned ``AdaptedTransformer`` lives (or until its ``remove_adapter``); the folder ``out`` keeps it.
+    The paper's adapter keeps its weights outside ``muse``; a full fine-tune changes ``muse`` itself (see
+    ``sample``)."""
     loaded = [img if isinstance(img, Image.Image) else load_image(img, muse.resolution) for img in images]
     loaded = [
         img.convert("RGB").resize((muse.resolution,) * 2) if img.size != (muse.resolution,) * 2 else img
