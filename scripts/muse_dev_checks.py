@@ -26,7 +26,8 @@ notes' diagnoses. Each prints oracle accuracies; none writes anything.
     python scripts/muse_dev_checks.py round-trip               # Round 2's picks as drawn vs through the VQ again
                                                                # (--feedback-dir, default runs/eval-feedback)
     python scripts/muse_dev_checks.py round2 --round2-steps 300 900   # Round 2 again on a feedback folder's picks
-                                                               # (--feedback-dir, --picks, --round2-recipe) (777)
+                                                               # (--feedback-dir, --picks, --round2-recipe,
+                                                               # --images-per-prompt, --all-repeats) (777)
     python scripts/muse_dev_checks.py full-parts               # full fine-tuning of one part of the transformer
                                                                # at a time: which part carries the texture (777)
 
@@ -36,6 +37,7 @@ notes' diagnoses. Each prints oracle accuracies; none writes anything.
 from __future__ import annotations
 
 import argparse
+import itertools
 import shutil
 import tempfile
 
@@ -396,7 +398,7 @@ def round2(model, args) -> None:
     from pathlib import Path
 
     from stylecraft.evaluation import GUIDANCE, LAMBDA_A, generate, make_task, measure, oracle_pick
-    from stylecraft.feedback import train_round
+    from stylecraft.feedback import SELECTIONS, select, train_round
     from stylecraft.sampling import SamplingConfig
     from stylecraft.world.oracles import load_oracles
 
@@ -405,10 +407,18 @@ def round2(model, args) -> None:
     config = SamplingConfig(steps=12, guidance_scale=GUIDANCE, lambda_a=LAMBDA_A)
     rows: dict[tuple, list[dict]] = {}
     for style, block in results["styles"].items():
-        task, round_dir = make_task(style), folder / style.replace(" ", "-") / "round2"
-        for method in args.picks:
-            # "oracle": the oracle picks as oracle_pick makes them now (the folder's may predate a change to it)
-            picks = oracle_pick(round_dir, task, oracles) if method == "oracle" else block["picks"][method]
+        task = make_task(style)
+        # --all-repeats: the candidates of every repeat (round2, round2-seed1, ...), not only the first
+        round_dirs = sorted((folder / style.replace(" ", "-")).glob("round2*" if args.all_repeats else "round2"))
+        for round_dir, method in itertools.product([d for d in round_dirs if (d / "round.json").is_file()], args.picks):
+            # "oracle", "clip", "random": these picks made now on the round's candidates (the folder's may predate a
+            # change); any other name: the picks the folder's results saved for its first repeat
+            if method == "oracle":
+                picks = oracle_pick(round_dir, task, oracles)
+            elif method in SELECTIONS:
+                picks = select(round_dir, method)
+            else:
+                picks = block["picks"][method]
             for steps in args.round2_steps:
                 adapted = train_round(
                     model,
@@ -420,10 +430,16 @@ def round2(model, args) -> None:
                     adapter_dir=Path(tempfile.mkdtemp()) / "r2",
                 )
                 images, prompts = generate(
-                    model, task.prompts, 4, config, model=adapted, adapter="adapter", seed=args.seed
+                    model,
+                    task.prompts,
+                    args.images_per_prompt,
+                    config,
+                    model=adapted,
+                    adapter="adapter",
+                    seed=args.seed,
                 )
                 rows.setdefault((method, steps), []).append(measure(images, prompts, task, oracles))
-                print(style, method, steps, _rounded(rows[(method, steps)][-1]), flush=True)
+                print(style, round_dir.name, method, steps, _rounded(rows[(method, steps)][-1]), flush=True)
     for (method, steps), metrics in rows.items():
         print("mean", method, steps, _rounded(_mean(metrics)), flush=True)
 
@@ -467,7 +483,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="`feedback`: rounds to chain (default 2)")
     parser.add_argument("--models", nargs="+", help="`compare`: Muse folders to compare (default: the shipped one)")
     parser.add_argument("--sampling-steps", type=int, default=12, help="`adapters`: decoding steps")
-    parser.add_argument("--images-per-prompt", type=int, default=2, help="`adapters`: images per prompt (default 2)")
+    parser.add_argument(
+        "--images-per-prompt", type=int, default=2, help="`adapters`, `round2`: images per prompt (default 2)"
+    )
+    parser.add_argument("--all-repeats", action="store_true", help="`round2`: the candidates of every repeat")
     parser.add_argument("--content-recipe", default="shapes-round2", help="`mix`: the content adapter's recipe")
     parser.add_argument(
         "--content-styles", nargs="+", default=["flat color"], help="`mix`: seen styles of the glyph renders"
@@ -482,7 +501,7 @@ def main() -> None:
         "--picks",
         nargs="+",
         default=["Round 2 CLIP feedback", "Round 2 oracle-picked (human stand-in)"],
-        help="`round2`: which picks of the feedback folder to train on (oracle: oracle_pick's, made again)",
+        help="`round2`: which picks to train on (oracle, clip, random: made now; or a name the folder's results saved)",
     )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
