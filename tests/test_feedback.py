@@ -188,6 +188,31 @@ def test_feedback_cli_end_to_end(tiny_muse_dir, round1, clip_dir, tmp_path, caps
     assert "--per-prompt must be at least 1" in capsys.readouterr().err
 
 
+def test_rounds_chain_and_keep_the_style_reference(tiny_muse_dir, round1, clip_dir, tmp_path):
+    """Round 3 trains from Round 2's adapter; its candidates are scored against the original style reference, not
+    against Round 2's first pick (a Round-2 adapter's first training image)."""
+
+    def pixels(path):
+        return np.asarray(Image.open(path).convert("RGB"))
+
+    def feedback(adapter, out):
+        argv = ["--quiet", "feedback", "--model", str(tiny_muse_dir), "--adapter", str(adapter), "--style", "oil"]
+        argv += ["--num-prompts", "2", "--per-prompt", "2", "--steps", "2", "--clip", str(clip_dir)]
+        assert main([*argv, "--train-steps", "2", "--out", str(out)]) == 0
+
+    feedback(round1, tmp_path / "round2")
+    feedback(tmp_path / "round2" / "adapter", tmp_path / "round3")
+    reference = pixels(round1 / "train_images" / "000.png")
+    picked = pixels(tmp_path / "round2" / "adapter" / "train_images" / "000.png")
+    assert not np.array_equal(picked, reference)  # so the check below can tell them apart
+    for round_dir in ("round2", "round3"):
+        assert np.array_equal(pixels(tmp_path / round_dir / "reference.png"), reference)
+        assert np.array_equal(pixels(tmp_path / round_dir / "adapter" / "style_reference.png"), reference)
+    settings = json.loads((tmp_path / "round3" / "round.json").read_text())
+    assert settings["adapter"] == str((tmp_path / "round2" / "adapter").resolve())
+    assert (tmp_path / "round3" / "adapter" / "adapter_model.safetensors").is_file()
+
+
 def test_shapes_world_feedback_prompts_never_ask_for_an_evaluation_prompt():
     from stylecraft.evaluation import make_task
     from stylecraft.world import HELD_OUT_STYLES

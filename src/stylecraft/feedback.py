@@ -8,13 +8,16 @@ automatic feedback; ``random``; ``human``: picks made on the feedback page), and
 The round folder is the contract between this module, the feedback page (``stylecraft ui``) and evaluation::
 
     ROUND/round.json               settings: adapter path + weights hash, base model, style, prompts, K, seed, sampling
-    ROUND/reference.png            the Round-1 adapter's (first) training image
+    ROUND/reference.png            the style reference: a Round-1 adapter's (first) training image, or the one a
+                                   later round's adapter carries (ADAPTER/style_reference.png)
     ROUND/candidates/pPPP_kKKK.png candidate K of prompt P (written as generated; a rerun skips finished prompts)
     ROUND/tokens/pPPP_kKKK.safetensors  the VQ tokens it was decoded from (Round 2 trains on these)
     ROUND/scores.json              {file: {prompt_index, prompt, text_score, style_score}}
     ROUND/picks.json               a person's picks {"selected": [file, ...], "target": N}, saved per click
     ROUND/selection.json           what Round 2 was trained on {"method": clip|random|human, "selected": [...]}
-    ROUND/adapter/                 the Round-2 adapter (its train_images/ are the selected pairs)
+    ROUND/adapter/                 the Round-2 adapter (its train_images/ are the selected pairs, and
+                                   style_reference.png is ROUND/reference.png, so Round 3 from it scores against
+                                   the same reference)
 """
 
 from __future__ import annotations
@@ -25,16 +28,18 @@ import os
 import random
 import shutil
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from .errors import StylecraftError
-from .io import save_png, to_pil_images, write_json
+from .io import _atomic_write, save_png, to_pil_images, write_json
 from .sampling import SamplingConfig, sample_tokens
 
 SELECTIONS = ("clip", "random", "human")
+STYLE_REFERENCE_NAME = "style_reference.png"  # in a Round-2 (or later) adapter folder: the style reference
 PICKS_NAME, SCORES_NAME, ROUND_NAME = "picks.json", "scores.json", "round.json"
 
 # The shapes world's feedback prompts: content the reference (a large red circle) does not have, one shape and
@@ -192,9 +197,9 @@ def generate_candidates(
             )
     round_dir.mkdir(parents=True, exist_ok=True)
     write_json(existing, settings)
-    reference = Path(adapter) / "train_images" / "000.png"
-    if reference.is_file() and not (round_dir / "reference.png").is_file():
-        shutil.copyfile(reference, round_dir / "reference.png")
+    reference = style_reference(adapter)
+    if reference is not None and not (round_dir / "reference.png").is_file():
+        _atomic_write(round_dir / "reference.png", partial(shutil.copyfile, reference))
 
     model = AdaptedTransformer(muse)
     name = model.load_adapter(adapter, name="round")
@@ -227,6 +232,15 @@ def generate_candidates(
             }
         write_json(round_dir / SCORES_NAME, scores)  # after each prompt: an interruption loses at most one prompt
     return scores
+
+
+def style_reference(adapter: str | Path) -> Path | None:
+    """The style reference behind an adapter: the one a later round's adapter carries, else the adapter's (first)
+    training image (a Round-1 adapter's is the reference itself; a Round-2 adapter's first is only a pick)."""
+    for path in (Path(adapter) / STYLE_REFERENCE_NAME, Path(adapter) / "train_images" / "000.png"):
+        if path.is_file():
+            return path
+    return None
 
 
 def load_scores(round_dir: str | Path) -> dict:
@@ -334,9 +348,12 @@ def train_round(
     config = load_recipe(recipe or default_recipe(muse.name, "round2"), steps=steps)
     out = Path(adapter_dir) if adapter_dir is not None else round_dir / "adapter"
     tokens = candidate_tokens(muse, round_dir, selected)
-    return train_adapter(
+    adapted = train_adapter(
         muse, images, prompts, config, out, overwrite=overwrite, progress=progress, on_step=on_step, tokens=tokens
     )
+    if (round_dir / "reference.png").is_file():  # Round 3 from this adapter scores against the same reference
+        _atomic_write(out / STYLE_REFERENCE_NAME, partial(shutil.copyfile, round_dir / "reference.png"))
+    return adapted
 
 
 def run_cli(args) -> int:
