@@ -293,6 +293,9 @@ def mix(model, args) -> None:
         style_folder,
         progress=False,
     )
+    if args.content_shape:  # a shape the base model knows, in place of the glyph: does Eq. 5-6 blend then?
+        _mix_known_shape(model, args, style, style_folder)
+        return
     content_folder = _glyph_adapter(args, args.content_recipe, tuple(args.content_styles))
     for g in args.guidance:
         for gamma in args.gamma:
@@ -312,6 +315,52 @@ def mix(model, args) -> None:
                 _rounded(measure_glyph(images, style, load_oracles(), load_glyph_oracle())),
                 flush=True,
             )
+
+
+def _mix_known_shape(model, args, style: str, style_folder: str) -> None:
+    """``mix`` with a content adapter on GLYPH_RENDERS flat renders of a shape the base model knows ("a large
+    orange star"): the rate of images the oracles read as that shape and as ``style``, for the style adapter alone
+    (Eq. 4) and for both adapters (Eq. 5-6) over ``--gamma``."""
+    from PIL import Image
+
+    from stylecraft.api import load, sample
+    from stylecraft.evaluation import GLYPH_COLOUR, GLYPH_RENDERS, LAMBDA_A
+    from stylecraft.sampling import SamplingConfig
+    from stylecraft.training import load_recipe, train_adapter
+    from stylecraft.world import SHAPES, STYLES, caption, render_prompts
+    from stylecraft.world.oracles import load_oracles
+
+    oracles, content = load_oracles(), caption(args.content_shape, GLYPH_COLOUR, "large")
+    images = [Image.fromarray(a) for a in render_prompts([content] * GLYPH_RENDERS, seed=0)]
+    content_folder = tempfile.mkdtemp()
+    train_adapter(
+        load(args.model),
+        images,
+        [content] * GLYPH_RENDERS,
+        load_recipe(args.content_recipe),
+        content_folder,
+        progress=False,
+    )
+    prompt = caption(args.content_shape, GLYPH_COLOUR, "large", style=style)
+    runs = {"style adapter only (Eq. 4)": dict(adapter=style_folder)}
+    runs.update(
+        {
+            f"γ {gamma}": dict(
+                style_adapter=style_folder, content_adapter=content_folder, style_descriptor=style, gamma=gamma
+            )
+            for gamma in args.gamma
+        }
+    )
+    for name, run in runs.items():
+        config = SamplingConfig(steps=12, guidance_scale=args.guidance[0], gamma=run.pop("gamma", 0.5))
+        config.lambda_a = LAMBDA_A if "adapter" in run else None
+        drawn = sample(model, [prompt], config=config, num_images=16, seed=args.seed, progress=False, **run)
+        predicted = oracles.predict(np.stack([np.asarray(im) for im in drawn]))
+        shape = predicted["shape"] == SHAPES.index(args.content_shape)
+        styled = predicted["style"] == STYLES.index(style)
+        print(
+            name, f"shape {shape.mean():.2f} style {styled.mean():.2f} both {(shape & styled).mean():.2f}", flush=True
+        )
 
 
 def feedback(model, args) -> None:
@@ -492,6 +541,9 @@ def main() -> None:
         "--content-styles", nargs="+", default=["flat color"], help="`mix`: seen styles of the glyph renders"
     )
     parser.add_argument("--gamma", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.85], help="`mix`: γ values")
+    parser.add_argument(
+        "--content-shape", default=None, help="`mix`: a known shape (e.g. star) for the content adapter, not the glyph"
+    )
     parser.add_argument(
         "--encode-pngs", action="store_true", help="`feedback`: Round 2 on the picked PNGs encoded again, not on tokens"
     )
