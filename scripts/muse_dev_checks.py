@@ -283,7 +283,7 @@ def mix(model, args) -> None:
     from stylecraft.world import glyph_caption
     from stylecraft.world.oracles import load_glyph_oracle, load_oracles
 
-    style = "neon glow"
+    style = args.style
     task, style_folder = make_task(style), tempfile.mkdtemp()
     train_adapter(
         load(args.model),
@@ -541,6 +541,7 @@ def main() -> None:
         "--content-styles", nargs="+", default=["flat color"], help="`mix`: seen styles of the glyph renders"
     )
     parser.add_argument("--gamma", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.85], help="`mix`: γ values")
+    parser.add_argument("--style", default="neon glow", help="`mix`: the held-out style of the style adapter")
     parser.add_argument(
         "--content-shape", default=None, help="`mix`: a known shape (e.g. star) for the content adapter, not the glyph"
     )
