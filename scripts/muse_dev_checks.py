@@ -28,6 +28,8 @@ notes' diagnoses. Each prints oracle accuracies; none writes anything.
     python scripts/muse_dev_checks.py round2 --round2-steps 300 900   # Round 2 again on a feedback folder's picks
                                                                # (--feedback-dir, --picks, --round2-recipe,
                                                                # --images-per-prompt, --all-repeats) (777)
+    python scripts/muse_dev_checks.py picks --clip FOLDER      # CLIP feedback's picks with another CLIP, read by
+                                                               # the oracles (--feedback-dir)
     python scripts/muse_dev_checks.py full-parts               # full fine-tuning of one part of the transformer
                                                                # at a time: which part carries the texture (777)
 
@@ -493,6 +495,39 @@ def round2(model, args) -> None:
         print("mean", method, steps, _rounded(_mean(metrics)), flush=True)
 
 
+def picks(model, args) -> None:
+    """What CLIP feedback would pick with the CLIP ``--clip`` (default: the shipped mini CLIP): every round folder of
+    an eval-feedback folder (``--feedback-dir``, its repeats too) scored again, the best text score per prompt
+    picked, and the picks read by the oracles against their prompts; all candidates too."""
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    from stylecraft.evaluation import judge_candidates, make_task
+    from stylecraft.scoring import load_scorer
+    from stylecraft.world.oracles import load_oracles
+
+    oracles, scorer, folder = load_oracles(), load_scorer(args.clip), Path(args.feedback_dir)
+    rows: dict[str, list[dict]] = {}
+    for round_dir in sorted(p for p in folder.glob("*/round2*") if (p / "round.json").is_file()):
+        task = make_task(json.loads((round_dir / "round.json").read_text())["style"])
+        scores = json.loads((round_dir / "scores.json").read_text())
+        files = sorted(scores)
+        images = [Image.open(round_dir / "candidates" / f).convert("RGB") for f in files]
+        text = scorer.text_scores(images, [scores[f]["prompt"] for f in files]).tolist()
+        best: dict[int, int] = {}
+        for i, f in enumerate(files):
+            p = scores[f]["prompt_index"]
+            if p not in best or text[i] > text[best[p]]:
+                best[p] = i
+        for method, chosen in (("all", None), ("clip", [files[i] for i in best.values()])):
+            rows.setdefault(method, []).append(judge_candidates(round_dir, chosen, task, oracles))
+            print(round_dir.relative_to(folder), method, _rounded(rows[method][-1]), flush=True)
+    for method, metrics in rows.items():
+        print("mean", method, _rounded(_mean(metrics)), flush=True)
+
+
 CHECKS = {
     "guidance": guidance,
     "by-size": by_size,
@@ -505,6 +540,7 @@ CHECKS = {
     "feedback": feedback,
     "round-trip": round_trip,
     "round2": round2,
+    "picks": picks,
     "full-parts": full_parts,
 }
 
@@ -556,6 +592,7 @@ def main() -> None:
         default=["Round 2 CLIP feedback", "Round 2 oracle-picked (human stand-in)"],
         help="`round2`: which picks to train on (oracle, clip, random: made now; or a name the folder's results saved)",
     )
+    parser.add_argument("--clip", default=None, help="`picks`: a CLIPModel folder (default: the shipped mini CLIP)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
