@@ -180,7 +180,13 @@ def adapters(model, args) -> None:
         for g, lambda_a in settings:
             config = SamplingConfig(steps=args.sampling_steps, guidance_scale=g, lambda_a=lambda_a)
             images, prompts = generate(
-                muse, task.prompts, args.images_per_prompt, config, model=adapted, adapter="adapter", seed=args.seed
+                muse,
+                task.prompts,
+                args.images_per_prompt or 2,
+                config,
+                model=adapted,
+                adapter="adapter",
+                seed=args.seed,
             )
             metrics = measure(images, prompts, task, oracles)
             results[(g, lambda_a)].append(metrics)
@@ -483,7 +489,7 @@ def round2(model, args) -> None:
                 images, prompts = generate(
                     model,
                     task.prompts,
-                    args.images_per_prompt,
+                    args.images_per_prompt or 4,
                     config,
                     model=adapted,
                     adapter="adapter",
@@ -569,7 +575,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", help="`compare`: Muse folders to compare (default: the shipped one)")
     parser.add_argument("--sampling-steps", type=int, default=12, help="`adapters`: decoding steps")
     parser.add_argument(
-        "--images-per-prompt", type=int, default=2, help="`adapters`, `round2`: images per prompt (default 2)"
+        "--images-per-prompt", type=int, default=None, help="images per prompt: `adapters` (default 2), `round2` (4)"
     )
     parser.add_argument("--all-repeats", action="store_true", help="`round2`: the candidates of every repeat")
     parser.add_argument("--content-recipe", default="shapes-round2", help="`mix`: the content adapter's recipe")
