@@ -179,15 +179,8 @@ def adapters(model, args) -> None:
         )
         for g, lambda_a in settings:
             config = SamplingConfig(steps=args.sampling_steps, guidance_scale=g, lambda_a=lambda_a)
-            images, prompts = generate(
-                muse,
-                task.prompts,
-                args.images_per_prompt or 2,
-                config,
-                model=adapted,
-                adapter="adapter",
-                seed=args.seed,
-            )
+            n = args.images_per_prompt or 2
+            images, prompts = generate(muse, task.prompts, n, config, model=adapted, adapter="adapter", seed=args.seed)
             metrics = measure(images, prompts, task, oracles)
             results[(g, lambda_a)].append(metrics)
             print(style, f"guidance {g} λA {lambda_a}", _rounded(metrics), flush=True)
@@ -486,14 +479,9 @@ def round2(model, args) -> None:
                     progress=False,
                     adapter_dir=Path(tempfile.mkdtemp()) / "r2",
                 )
+                n = args.images_per_prompt or 4
                 images, prompts = generate(
-                    model,
-                    task.prompts,
-                    args.images_per_prompt or 4,
-                    config,
-                    model=adapted,
-                    adapter="adapter",
-                    seed=args.seed,
+                    model, task.prompts, n, config, model=adapted, adapter="adapter", seed=args.seed
                 )
                 rows.setdefault((method, steps), []).append(measure(images, prompts, task, oracles))
                 print(style, round_dir.name, method, steps, _rounded(rows[(method, steps)][-1]), flush=True)
