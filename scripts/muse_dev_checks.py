@@ -7,6 +7,7 @@ notes' diagnoses. Each prints oracle accuracies; none writes anything.
     python scripts/muse_dev_checks.py by-size                  # shape accuracy, small vs large, vs the VQ (778)
     python scripts/muse_dev_checks.py temperature              # sampler temperature and step count (778)
     python scripts/muse_dev_checks.py vq-latents               # VQ shape per style, with and without the codebook
+                                                               # (--vq FOLDER: another VQ), colour and style (778)
     python scripts/muse_dev_checks.py compare --models A B     # base models side by side, 384 prompts (779)
     python scripts/muse_dev_checks.py adapters                 # Round-1 adapters on the held-out styles (777),
                                                                # --guidance G.. --lambda-a L.. (default 2; 0.5 1 2)
@@ -112,15 +113,29 @@ def vq_latents(model, args) -> None:
     from stylecraft.world.oracles import load_oracles
     from stylecraft.world.pretrain import reconstruct, to_tensor
 
-    oracles, vq, rows = load_oracles(), model.vqvae, []
+    oracles, rows, others = load_oracles(), [], []
+    vq = model.vqvae
+    if args.vq:
+        from stylecraft.world.vq import WorldVQModel
+
+        vq = WorldVQModel.from_pretrained(args.vq, local_files_only=True).eval()
     for k, style in enumerate(STYLES):
         images, scenes = render_batch(64, (DEV_SEED + 1) * 1000 + k, styles=(style,))
         with torch.no_grad():
             unquantized = vq.decoder(vq.post_quant_conv(vq.encode(to_tensor(images)).latents)).clamp(0, 1)
-        truth = scenes.labels()["shape"]
-        rows.append([(oracles.predict(x)["shape"] == truth).mean() for x in (reconstruct(vq, images), unquantized)])
+        truth, quantized = scenes.labels(), oracles.predict(reconstruct(vq, images))
+        rows.append(
+            [
+                (quantized["shape"] == truth["shape"]).mean(),
+                (oracles.predict(unquantized)["shape"] == truth["shape"]).mean(),
+            ]
+        )
+        others.append([(quantized[a] == truth[a]).mean() for a in ("colour", "style")])
         print(f"{style:20s} quantized {rows[-1][0]:.3f} unquantized {rows[-1][1]:.3f}", flush=True)
     print("mean", f"quantized {np.mean([r[0] for r in rows]):.3f} unquantized {np.mean([r[1] for r in rows]):.3f}")
+    print(
+        "quantized colour", f"{np.mean([r[0] for r in others]):.3f}", "style", f"{np.mean([r[1] for r in others]):.3f}"
+    )
 
 
 def temperature(model, args) -> None:
@@ -587,6 +602,7 @@ def main() -> None:
         help="`round2`: which picks to train on (oracle, clip, random: made now; or a name the folder's results saved)",
     )
     parser.add_argument("--clip", default=None, help="`picks`: a CLIPModel folder (default: the shipped mini CLIP)")
+    parser.add_argument("--vq", default=None, help="`vq-latents`: a VQ folder (default: the model's)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

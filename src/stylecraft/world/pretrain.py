@@ -282,7 +282,10 @@ def train_vq(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None:
             )
     else:
         vq = WorldVQModel(**recipe.model)
-    data = renderer.stream(recipe.batch_size, recipe.seed)
+    # ``extra.edge_weight``: pixels within ``extra.edge_width`` px of the shape's edge weigh 1 + edge_weight in the
+    # reconstruction loss. The codes' few bits then go to the outline, which decides the shape, before texture.
+    edge_weight, edge_width = recipe.extra.get("edge_weight", 0.0), recipe.extra.get("edge_width", 1.5)
+    data = renderer.stream_with_edges(recipe.batch_size, recipe.seed, edges=edge_weight > 0)
     restart_every = recipe.extra.get("restart_dead_codes_every", 100)
     # ``extra.train: "decoder"`` trains the decoder alone on frozen codes: every image keeps its tokens, so a Muse
     # trained on this VQ's tokens stays valid and only draws its tokens better.
@@ -300,18 +303,25 @@ def train_vq(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None:
     autoencoder_steps = recipe.extra.get("autoencoder_steps", 0)
     usage = torch.zeros(vq.config.num_vq_embeddings)
 
+    def reconstruction_loss(reconstruction, x, distance):
+        error = (reconstruction - x).square() + 0.5 * (reconstruction - x).abs()
+        if distance is None:
+            return error.mean()
+        weight = 1.0 + edge_weight * torch.from_numpy(distance < edge_width).float()[:, None]
+        return (error * weight).sum() / (weight.sum() * x.shape[1])
+
     def step_fn(step):
-        x = to_tensor(next(data)[0])
+        images, _, distance = next(data)
+        x = to_tensor(images)
         latents = vq.encode(x).latents  # [n, c, 8, 8]
         if step < autoencoder_steps:
             reconstruction = vq.decoder(vq.post_quant_conv(latents))
-            loss = F.mse_loss(reconstruction, x) + 0.5 * F.l1_loss(reconstruction, x)
-            return loss, {"phase": "autoencoder"}
+            return reconstruction_loss(reconstruction, x, distance), {"phase": "autoencoder"}
         if step == autoencoder_steps and autoencoder_steps:
             vq.quantize.embedding.weight.data.copy_(codebook_kmeans(vq, recipe.seed, vq.config.num_vq_embeddings))
         quantized, commit_loss, (_, _, indices) = vq.quantize(latents)
         reconstruction = vq.decoder(vq.post_quant_conv(quantized))
-        loss = F.mse_loss(reconstruction, x) + 0.5 * F.l1_loss(reconstruction, x)
+        loss = reconstruction_loss(reconstruction, x, distance)
         if not decoder_only:
             loss = loss + commit_loss
         usage.add_(torch.bincount(indices.flatten(), minlength=len(usage)).float())

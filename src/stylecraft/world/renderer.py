@@ -482,9 +482,20 @@ def render_prompts(prompts: list[str], seed: int = 0) -> np.ndarray:
 
 def stream(batch_size: int, seed: int, styles: tuple[str, ...] | None = None) -> Iterator[tuple[np.ndarray, Scenes]]:
     """An endless, reproducible stream of ``render_batch`` batches (batch ``i`` uses seed ``(seed, i)``)."""
+    for images, scenes, _ in stream_with_edges(batch_size, seed, styles, edges=False):
+        yield images, scenes
+
+
+def stream_with_edges(
+    batch_size: int, seed: int, styles: tuple[str, ...] | None = None, edges: bool = True
+) -> Iterator[tuple[np.ndarray, Scenes, np.ndarray | None]]:
+    """``stream``'s batches (the same pixels) with each image's distance in px to its shape's edge [n, 64, 64]."""
     step = 0
     while True:
         rng = np.random.default_rng([seed, step])
         scenes = sample_scenes(batch_size, rng, styles)
-        yield render(scenes, rng), scenes
+        replay = np.random.default_rng()
+        replay.bit_generator.state = rng.bit_generator.state  # render's first draws place the shape
+        distance = np.abs(_distance_fields(scenes, replay)) if edges else None
+        yield render(scenes, rng), scenes, distance
         step += 1
