@@ -56,7 +56,7 @@ def test_edge_distances_match_the_stream_pixels():
     change = np.abs(np.diff(images.astype(int), axis=2)).sum(-1) > 30
     near = np.minimum(distance[:, :, 1:], distance[:, :, :-1]) < 1.5
     assert change.any() and near[change].mean() > 0.95
-    shifted = np.roll(near, 8, axis=2)  # another scene's edges would not line up
+    shifted = np.roll(near, 8, axis=2)  # edges 8 px off do not line up with the pixels
     assert shifted[change].mean() < 0.5
 
 
@@ -365,6 +365,9 @@ def test_edge_weighted_vq_stage_weighs_the_outline(tmp_path):
         losses[section] = history[0]["loss"]
     # The same shipped VQ on the same first batch: only the weighting differs, and edges are hard to reconstruct.
     assert losses["vq-edge"] > losses["vq-continue"] * 1.2
+    bad = _later_stage_recipe(tmp_path, "vq-edge", edge_weight=-1.0)
+    with pytest.raises(SystemExit, match="edge_weight must be >= 0"):
+        main(["vq", "--section", "vq-edge", "--recipe", bad, "--out", str(tmp_path / "bad"), "--threads", "1"])
 
 
 def test_decoder_stage_keeps_every_token_of_the_shipped_vq(tmp_path):

@@ -285,6 +285,11 @@ def train_vq(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None:
     # ``extra.edge_weight``: pixels within ``extra.edge_width`` px of the shape's edge weigh 1 + edge_weight in the
     # reconstruction loss. The codes' few bits then go to the outline, which decides the shape, before texture.
     edge_weight, edge_width = recipe.extra.get("edge_weight", 0.0), recipe.extra.get("edge_width", 1.5)
+    if edge_weight < 0 or edge_width <= 0:
+        raise StylecraftError(
+            f"extra.edge_weight must be >= 0 and extra.edge_width > 0 (px), got {edge_weight} and {edge_width}; "
+            "edge_weight 0 turns the outline weighting off"
+        )
     data = renderer.stream_with_edges(recipe.batch_size, recipe.seed, edges=edge_weight > 0)
     restart_every = recipe.extra.get("restart_dead_codes_every", 100)
     # ``extra.train: "decoder"`` trains the decoder alone on frozen codes: every image keeps its tokens, so a Muse
