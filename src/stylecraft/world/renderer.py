@@ -414,8 +414,12 @@ _STYLE_FUNCTIONS = {
 def render(scenes: Scenes, seed: int | np.random.Generator = 0) -> np.ndarray:
     """Draw ``scenes`` as uint8 images [n, 64, 64, 3]; the same scenes and seed give the same pixels."""
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    return _paint(scenes, _distance_fields(scenes, rng), rng)
+
+
+def _paint(scenes: Scenes, sdf: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``render`` after its first draws: colour and style, given the shapes' distance fields."""
     n = len(scenes)
-    sdf = _distance_fields(scenes, rng)
     base = np.asarray(list(COLOURS.values()), dtype=np.float32)[scenes.colour]
     colour = np.clip(base + rng.uniform(-0.04, 0.04, (n, 3)), 0, 1).astype(np.float32)  # [n, 3]
     images = np.empty((n, SIZE, SIZE, 3), dtype=np.float32)
@@ -494,8 +498,6 @@ def stream_with_edges(
     while True:
         rng = np.random.default_rng([seed, step])
         scenes = sample_scenes(batch_size, rng, styles)
-        replay = np.random.default_rng()
-        replay.bit_generator.state = rng.bit_generator.state  # render's first draws place the shape
-        distance = np.abs(_distance_fields(scenes, replay)) if edges else None
-        yield render(scenes, rng), scenes, distance
+        sdf = _distance_fields(scenes, rng)  # render's first draws: computed once, painted and returned
+        yield _paint(scenes, sdf, rng), scenes, np.abs(sdf) if edges else None
         step += 1
