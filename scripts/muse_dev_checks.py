@@ -17,7 +17,8 @@ notes' diagnoses. Each prints oracle accuracies; none writes anything.
     python scripts/muse_dev_checks.py glyph                    # content adapter alone, its own prompt (777)
     python scripts/muse_dev_checks.py mix                      # Eq. 5-6 over γ, content recipe shapes-round2 (777);
                                                                # --gamma G.., --content-recipe R, --content-styles
-                                                               # S.. (glyph renders in these seen styles),
+                                                               # S.. (glyph renders in these seen styles;
+                                                               # --plain-captions: captions never name them),
                                                                # --recipe R (the style adapter's; shapes-round1)
     python scripts/muse_dev_checks.py feedback --lambda-a 1    # Round 1 vs Round 2 (CLIP picks), candidates
                                                                # drawn at λA 1; --round2-recipe R,
@@ -256,7 +257,8 @@ def _glyph_adapter(args, recipe: str, styles: tuple[str, ...] = ("flat color",))
     renders = {s: render_glyphs(GLYPH_RENDERS, 0, GLYPH_COLOUR, "large", (s,))[0] for s in set(styles)}
     chosen = [styles[i % len(styles)] for i in range(GLYPH_RENDERS)]
     images = [Image.fromarray(renders[style][i]) for i, style in enumerate(chosen)]
-    captions = [glyph_caption(GLYPH_COLOUR, style=None if styles == ("flat color",) else s) for s in chosen]
+    named = styles != ("flat color",) and not args.plain_captions
+    captions = [glyph_caption(GLYPH_COLOUR, style=s if named else None) for s in chosen]
     folder = tempfile.mkdtemp()
     train_adapter(load(args.model), images, captions, load_recipe(recipe), folder, progress=False)
     return folder
@@ -584,6 +586,9 @@ def main() -> None:
     parser.add_argument("--content-recipe", default="shapes-round2", help="`mix`: the content adapter's recipe")
     parser.add_argument(
         "--content-styles", nargs="+", default=["flat color"], help="`mix`: seen styles of the glyph renders"
+    )
+    parser.add_argument(
+        "--plain-captions", action="store_true", help="`mix`: glyph captions never name the renders' style"
     )
     parser.add_argument("--gamma", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.85], help="`mix`: γ values")
     parser.add_argument("--style", default="neon glow", help="`mix`: the held-out style of the style adapter")

@@ -209,7 +209,8 @@ def _soften(x: torch.Tensor, probability: float) -> torch.Tensor:
 
 # ---- glyph oracle -------------------------------------------------------------------------------------------------
 def train_glyph_oracle(recipe: Recipe, out: Path, resume: bool) -> None:
-    """A glyph-or-not detector: half of each batch glyphs, half the eight shapes, all styles, colours and sizes."""
+    """A glyph-or-not detector: half of each batch glyphs; the other half the eight shapes and, for a share
+    ``extra.blob_fraction`` of it, shapeless blobs (``renderer.render_blobs``); all styles, colours and sizes."""
     from safetensors.torch import save_file
 
     from .oracles import GlyphOracle, load_glyph_oracle
@@ -220,8 +221,10 @@ def train_glyph_oracle(recipe: Recipe, out: Path, resume: bool) -> None:
 
     def step_fn(step):
         glyphs, _ = renderer.render_glyphs(half, seed=[recipe.seed, step, 1])
-        shapes, _ = renderer.render_batch(half, seed=[recipe.seed, step, 0])
-        x = _soften(to_tensor(np.concatenate([glyphs, shapes])), recipe.extra.get("blur_prob", 0.25))
+        blobs = round(half * recipe.extra.get("blob_fraction", 0.0))
+        shapes, _ = renderer.render_batch(half - blobs, seed=[recipe.seed, step, 0])
+        negatives = [shapes, renderer.render_blobs(blobs, seed=[recipe.seed, step, 2])] if blobs else [shapes]
+        x = _soften(to_tensor(np.concatenate([glyphs, *negatives])), recipe.extra.get("blur_prob", 0.25))
         target = torch.cat([torch.ones(half), torch.zeros(half)])
         loss = F.binary_cross_entropy_with_logits(model(x), target)
         return loss, {}
@@ -233,16 +236,19 @@ def train_glyph_oracle(recipe: Recipe, out: Path, resume: bool) -> None:
 
 
 def evaluate_glyph_oracle(detector, per_style: int) -> dict:
-    """Per style: share of fresh glyph renders called glyph, and of fresh shape renders called not-glyph."""
+    """Per style: share of fresh glyph renders called glyph, and of fresh shape and blob renders called not-glyph."""
     result = {}
     for k, style in enumerate(renderer.STYLES):
         glyphs, _ = renderer.render_glyphs(per_style, EVAL_SEED + k, styles=(style,))
         shapes, _ = renderer.render_batch(per_style, EVAL_SEED + 100 + k, styles=(style,))
+        blobs = renderer.render_blobs(per_style, EVAL_SEED + 200 + k, styles=(style,))
         result[style] = {
             "glyph_recall": round(float(detector.predict(glyphs).mean()), 4),
             "shape_rejection": round(float((~detector.predict(shapes)).mean()), 4),
+            "blob_rejection": round(float((~detector.predict(blobs)).mean()), 4),
         }
-    result["min"] = {key: min(result[s][key] for s in renderer.STYLES) for key in ("glyph_recall", "shape_rejection")}
+    keys = ("glyph_recall", "shape_rejection", "blob_rejection")
+    result["min"] = {key: min(result[s][key] for s in renderer.STYLES) for key in keys}
     return result
 
 

@@ -462,6 +462,23 @@ def render_glyphs(
     return render(scenes, rng), scenes
 
 
+def render_blobs(n: int, seed, styles: tuple[str, ...] | None = None) -> np.ndarray:
+    """``n`` shapeless blobs as uint8 images [n, 64, 64, 3]: a disc of a scene's size and place whose edge is bent
+    by smooth noise (sometimes into holes and islands), painted in a random colour and style. Negatives for the
+    glyph detector, so that it answers "is this a bolt", not "is this something other than the eight shapes"."""
+    rng = np.random.default_rng(seed)
+    scenes = sample_scenes(n, rng, styles)
+    centre = _POSITION_XY[scenes.position] + rng.uniform(-2, 2, (n, 2))
+    radius = np.where(scenes.size == 1, rng.uniform(17, 25, n), rng.uniform(9, 14, n)).astype(np.float32)
+    grid = np.arange(SIZE, dtype=np.float32) + 0.5
+    r = (
+        np.hypot(grid[None, None, :] - centre[:, 0, None, None], grid[None, :, None] - centre[:, 1, None, None])
+        / radius[:, None, None]
+    )
+    bend = rng.uniform(0.3, 0.9, n).astype(np.float32)[:, None, None] * _smooth_noise(n, rng, cells=6)
+    return _paint(scenes, ((r - 1 + bend) * radius[:, None, None]).astype(np.float32), rng)
+
+
 def render_batch(n: int, seed: int, styles: tuple[str, ...] | None = None) -> tuple[np.ndarray, Scenes]:
     """``n`` random scenes (styles from ``styles``, default all) and their uint8 images [n, 64, 64, 3]."""
     rng = np.random.default_rng(seed)
