@@ -598,3 +598,19 @@ def test_head_lora_recipes_adapt_only_their_sites(recipe, sites, tmp_path):
         progress=False,
     )
     assert images.shape == (1, 3, 64, 64)
+
+
+def test_pretrain_seed_overrides_the_recipe(tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    from stylecraft.world.pretrain import load_recipe, main
+
+    seeds, weights = [], []
+    for name, extra in (("recipe", []), ("three", ["--seed", "3"])):
+        main(["glyph", "--out", str(tmp_path / name), "--steps", "2", "--threads", "1", *extra])
+        seeds.append(json.loads((tmp_path / name / "training.json").read_text())["recipe"]["seed"])
+        weights.append(load_file(tmp_path / name / "glyph_oracle.safetensors"))
+    assert seeds == [load_recipe("glyph").seed, 3]
+    assert not all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # another run, not a relabel

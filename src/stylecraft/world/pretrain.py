@@ -824,6 +824,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, help="override the recipe's step count")
     parser.add_argument("--max-minutes", type=float, help="override the recipe's wall-clock budget")
     parser.add_argument("--threads", type=int, help="override the recipe's torch CPU threads")
+    parser.add_argument("--seed", type=int, help="override the recipe's seed (e.g. a second run of one recipe)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument("--vq", type=Path, default=Path("runs/world/vq"), help="VQ run folder (for muse)")
     parser.add_argument(
@@ -857,7 +858,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     recipe = load_recipe(
         args.section or args.model,
         args.recipe,
-        {"steps": args.steps, "threads": args.threads, "max_minutes": args.max_minutes},
+        {"steps": args.steps, "threads": args.threads, "max_minutes": args.max_minutes, "seed": args.seed},
     )
     torch.set_num_threads(recipe.threads)
     args.out.mkdir(parents=True, exist_ok=True)
