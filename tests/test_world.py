@@ -488,6 +488,36 @@ def test_ship_a_later_muse_stage_keeps_the_records_of_every_stage(tmp_path, monk
     assert (weights / "clip" / "config.json").read_text() == "{}"
 
 
+def test_ship_replaces_a_detector_whole_or_not_at_all(tmp_path, monkeypatch):
+    import shutil
+
+    from stylecraft.world import pretrain
+
+    weights, run = tmp_path / "weights", tmp_path / "runs" / "glyph"
+    weights.mkdir()
+    run.mkdir(parents=True)
+    (weights / "glyph_oracle.safetensors").write_bytes(b"old weights")
+    (run / "glyph_oracle.safetensors").write_bytes(b"new weights")
+    (run / "training.json").write_text("{}")
+    monkeypatch.setattr(pretrain, "WEIGHTS", weights)
+
+    def interrupted(source, target):
+        with open(target, "wb") as out:
+            out.write(b"new")  # part of the file, then the copy dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "copyfile", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.main(["ship", "--runs", str(tmp_path / "runs"), "--only", "glyph"])
+    assert (weights / "glyph_oracle.safetensors").read_bytes() == b"old weights"
+    assert [p.name for p in weights.iterdir()] == ["glyph_oracle.safetensors"]  # no temp file left behind
+    monkeypatch.undo()
+    monkeypatch.setattr(pretrain, "WEIGHTS", weights)
+    pretrain.main(["ship", "--runs", str(tmp_path / "runs"), "--only", "glyph"])
+    assert (weights / "glyph_oracle.safetensors").read_bytes() == b"new weights"
+    assert (weights / "glyph_oracle.training.json").read_text() == "{}"
+
+
 def test_clip_vision_stage_keeps_the_text_tower_that_muse_mini_reads(tmp_path, monkeypatch):
     import json
 

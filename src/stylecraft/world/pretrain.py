@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import StylecraftError
-from ..io import write_json
+from ..io import _atomic_write, write_json
 from . import WEIGHTS, renderer
 from .oracles import ATTRIBUTES, Oracles, load_oracles, oracle_accuracy
 
@@ -755,11 +755,11 @@ def ship(
         raise StylecraftError(f"nothing shipped: {missing[0]} does not exist; train that model first or name its run")
     WEIGHTS.mkdir(parents=True, exist_ok=True)
     if "oracles" in wanted:
-        shutil.copy(runs / "oracles" / "oracles.safetensors", WEIGHTS / "oracles.safetensors")
-        shutil.copy(runs / "oracles" / "training.json", WEIGHTS / "oracles.training.json")
+        _replace_file(runs / "oracles" / "oracles.safetensors", WEIGHTS / "oracles.safetensors")
+        _replace_file(runs / "oracles" / "training.json", WEIGHTS / "oracles.training.json")
     if "glyph" in wanted and (runs / "glyph" / "glyph_oracle.safetensors").is_file():
-        shutil.copy(runs / "glyph" / "glyph_oracle.safetensors", WEIGHTS / "glyph_oracle.safetensors")
-        shutil.copy(runs / "glyph" / "training.json", WEIGHTS / "glyph_oracle.training.json")
+        _replace_file(runs / "glyph" / "glyph_oracle.safetensors", WEIGHTS / "glyph_oracle.safetensors")
+        _replace_file(runs / "glyph" / "training.json", WEIGHTS / "glyph_oracle.training.json")
     # Read before the shipped copy is replaced: the earlier stages' records, and the VQ's record if the VQ stays.
     earlier = _earlier_stages(muse_run) if "muse" in wanted else []
     shipped_vq = WEIGHTS / "muse" / "vqvae"
@@ -788,7 +788,12 @@ def ship(
         if vq_record is not None:  # the same VQ as before: keep the record of its training
             (WEIGHTS / "muse" / "vqvae" / "training.json").write_text(vq_record)
         elif not (muse_run / "muse" / "vqvae" / "training.json").is_file():
-            shutil.copy(vq_dir / "training.json", WEIGHTS / "muse" / "vqvae" / "training.json")
+            _replace_file(vq_dir / "training.json", WEIGHTS / "muse" / "vqvae" / "training.json")
+
+
+def _replace_file(source: Path, target: Path) -> None:
+    """Copy ``source`` over ``target`` through a temp file and a rename: an interrupted copy leaves the old file."""
+    _atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
 
 
 def _shipped_lineage() -> list[dict]:
