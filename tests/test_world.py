@@ -630,17 +630,20 @@ def test_head_lora_recipes_adapt_only_their_sites(recipe, sites, tmp_path):
     assert images.shape == (1, 3, 64, 64)
 
 
-def test_pretrain_seed_overrides_the_recipe(tmp_path):
+def test_pretrain_seed_overrides_the_recipe_and_a_bad_blob_fraction_is_refused(tmp_path):
     import json
 
     from safetensors.torch import load_file
 
     from stylecraft.world.pretrain import load_recipe, main
 
-    seeds, weights = [], []
+    recipe, seeds, weights = _later_stage_recipe(tmp_path, "glyph"), [], []
     for name, extra in (("recipe", []), ("three", ["--seed", "3"])):
-        main(["glyph", "--out", str(tmp_path / name), "--steps", "2", "--threads", "1", *extra])
+        main(["glyph", "--recipe", recipe, "--out", str(tmp_path / name), "--threads", "1", *extra])
         seeds.append(json.loads((tmp_path / name / "training.json").read_text())["recipe"]["seed"])
         weights.append(load_file(tmp_path / name / "glyph_oracle.safetensors"))
     assert seeds == [load_recipe("glyph").seed, 3]
     assert not all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # another run, not a relabel
+    bad = _later_stage_recipe(tmp_path, "glyph", blob_fraction=1.5)
+    with pytest.raises(SystemExit, match=r"blob_fraction must be in \[0, 1\]"):
+        main(["glyph", "--recipe", bad, "--out", str(tmp_path / "bad"), "--threads", "1"])

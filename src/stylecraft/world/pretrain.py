@@ -215,13 +215,16 @@ def train_glyph_oracle(recipe: Recipe, out: Path, resume: bool) -> None:
 
     from .oracles import GlyphOracle, load_glyph_oracle
 
+    blob_fraction = recipe.extra.get("blob_fraction", 0.0)
+    if not 0.0 <= blob_fraction <= 1.0:
+        raise StylecraftError(f"extra.blob_fraction must be in [0, 1] (a share of the negatives), got {blob_fraction}")
     torch.manual_seed(recipe.seed)
     model = GlyphOracle(**recipe.model)
     half = recipe.batch_size // 2
 
     def step_fn(step):
         glyphs, _ = renderer.render_glyphs(half, seed=[recipe.seed, step, 1])
-        blobs = round(half * recipe.extra.get("blob_fraction", 0.0))
+        blobs = round(half * blob_fraction)
         shapes, _ = renderer.render_batch(half - blobs, seed=[recipe.seed, step, 0])
         negatives = [shapes, renderer.render_blobs(blobs, seed=[recipe.seed, step, 2])] if blobs else [shapes]
         x = _soften(to_tensor(np.concatenate([glyphs, *negatives])), recipe.extra.get("blur_prob", 0.25))

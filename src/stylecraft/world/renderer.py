@@ -462,7 +462,7 @@ def render_glyphs(
     return render(scenes, rng), scenes
 
 
-def render_blobs(n: int, seed, styles: tuple[str, ...] | None = None) -> np.ndarray:
+def render_blobs(n: int, seed: int | list[int], styles: tuple[str, ...] | None = None) -> np.ndarray:
     """``n`` shapeless blobs as uint8 images [n, 64, 64, 3]: a disc of a scene's size and place whose edge is bent
     by smooth noise (sometimes into holes and islands), painted in a random colour and style. Negatives for the
     glyph detector, so that it answers "is this a bolt", not "is this something other than the eight shapes"."""
