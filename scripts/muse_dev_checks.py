@@ -29,7 +29,8 @@ notes' diagnoses. Each prints oracle accuracies; none writes anything.
                                                                # (--feedback-dir, default runs/eval-feedback)
     python scripts/muse_dev_checks.py round2 --round2-steps 300 900   # Round 2 again on a feedback folder's picks
                                                                # (--feedback-dir, --picks, --round2-recipe,
-                                                               # --images-per-prompt, --all-repeats) (777)
+                                                               # --images-per-prompt, --all-repeats; --pooled:
+                                                               # picks from all repeats' candidates) (777)
     python scripts/muse_dev_checks.py picks --clip FOLDER      # CLIP feedback's picks with another CLIP, read by
                                                                # the oracles (--feedback-dir)
     python scripts/muse_dev_checks.py full-parts               # full fine-tuning of one part of the transformer
@@ -44,6 +45,7 @@ import argparse
 import itertools
 import shutil
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -385,7 +387,6 @@ def feedback(model, args) -> None:
     """Round 1 vs Round 2 (CLIP picks of ``--per-prompt`` candidates per feedback prompt, drawn at ``--lambda-a``[0]);
     Round 2 trains with ``--round2-recipe``; both judged at the evaluation λA on the held-out styles' prompts (seed
     ``--seed``). ``--rounds N`` chains further rounds the same way (Round 3 from Round 2's candidates, ...)."""
-    from pathlib import Path
 
     from stylecraft.evaluation import GUIDANCE, LAMBDA_A, generate, make_task, measure
     from stylecraft.feedback import SHAPES_WORLD_CONTENT, generate_candidates, select, train_round
@@ -437,7 +438,6 @@ def round_trip(model, args) -> None:
     """How often each Round 2's picks in an eval-feedback folder (``--feedback-dir``) read as their style, as drawn
     and after encoding the PNG with the VQ again (what Round 2 trained on before it kept the tokens)."""
     import json
-    from pathlib import Path
 
     from PIL import Image
 
@@ -462,7 +462,6 @@ def round2(model, args) -> None:
     ``--round2-recipe`` at each of ``--round2-steps``, judged on the held-out styles' prompts (seed ``--seed``): does
     Round 2 learn what its picks show (their oracle rates are in that folder's report)?"""
     import json
-    from pathlib import Path
 
     from stylecraft.evaluation import GUIDANCE, LAMBDA_A, generate, make_task, measure, oracle_pick
     from stylecraft.feedback import SELECTIONS, select, train_round
@@ -475,8 +474,11 @@ def round2(model, args) -> None:
     rows: dict[tuple, list[dict]] = {}
     for style, block in results["styles"].items():
         task = make_task(style)
-        # --all-repeats: the candidates of every repeat (round2, round2-seed1, ...), not only the first
+        # --all-repeats: the candidates of every repeat (round2, round2-seed1, ...), not only the first;
+        # --pooled: all of them in one round, K = the repeats' K summed, so picks are the best of more candidates
         round_dirs = sorted((folder / style.replace(" ", "-")).glob("round2*" if args.all_repeats else "round2"))
+        if args.pooled:
+            round_dirs = [_pooled_round(folder / style.replace(" ", "-"))]
         for round_dir, method in itertools.product([d for d in round_dirs if (d / "round.json").is_file()], args.picks):
             # "oracle", "clip", "random": these picks made now on the round's candidates (the folder's may predate a
             # change); any other name: the picks the folder's results saved for its first repeat
@@ -506,12 +508,37 @@ def round2(model, args) -> None:
         print("mean", method, steps, _rounded(_mean(metrics)), flush=True)
 
 
+def _pooled_round(style_dir: Path) -> Path:
+    """One temporary round folder holding the candidates of every repeat in ``style_dir`` (round2, round2-seed1,
+    ...): repeat r's candidate k of a prompt becomes candidate k + r * K, with its tokens and scores."""
+    import json
+
+    repeats = sorted(d for d in style_dir.glob("round2*") if (d / "round.json").is_file())
+    pooled = Path(tempfile.mkdtemp()) / "round2-pooled"
+    (pooled / "candidates").mkdir(parents=True)
+    (pooled / "tokens").mkdir()
+    settings = json.loads((repeats[0] / "round.json").read_text())
+    per_prompt, scores = settings["per_prompt"], {}
+    for r, repeat in enumerate(repeats):
+        for file, score in json.loads((repeat / "scores.json").read_text()).items():
+            p, k = int(file[1:4]), int(file[6:9])  # pNNN_kNNN.png
+            new = f"p{p:03d}_k{k + r * per_prompt:03d}.png"
+            shutil.copy(repeat / "candidates" / file, pooled / "candidates" / new)
+            tokens = Path(file).with_suffix(".safetensors")
+            shutil.copy(repeat / "tokens" / tokens, pooled / "tokens" / Path(new).with_suffix(".safetensors"))
+            scores[new] = score
+    settings["per_prompt"] = per_prompt * len(repeats)
+    (pooled / "round.json").write_text(json.dumps(settings))
+    (pooled / "scores.json").write_text(json.dumps(scores))
+    shutil.copy(repeats[0] / "reference.png", pooled / "reference.png")
+    return pooled
+
+
 def picks(model, args) -> None:
     """What CLIP feedback would pick with the CLIP ``--clip`` (default: the shipped mini CLIP): every round folder of
     an eval-feedback folder (``--feedback-dir``, its repeats too) scored again, the best text score per prompt
     picked, and the picks read by the oracles against their prompts; all candidates too."""
     import json
-    from pathlib import Path
 
     from PIL import Image
 
@@ -583,6 +610,7 @@ def main() -> None:
         "--images-per-prompt", type=int, default=None, help="images per prompt: `adapters` (default 2), `round2` (4)"
     )
     parser.add_argument("--all-repeats", action="store_true", help="`round2`: the candidates of every repeat")
+    parser.add_argument("--pooled", action="store_true", help="`round2`: every repeat's candidates as one round")
     parser.add_argument("--content-recipe", default="shapes-round2", help="`mix`: the content adapter's recipe")
     parser.add_argument(
         "--content-styles", nargs="+", default=["flat color"], help="`mix`: seen styles of the glyph renders"
