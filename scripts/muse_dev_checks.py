@@ -9,6 +9,7 @@ notes' diagnoses. Each prints oracle accuracies; none writes anything.
     python scripts/muse_dev_checks.py vq-latents               # VQ shape per style, with and without the codebook
                                                                # (--vq FOLDER: another VQ), colour and style (778)
     python scripts/muse_dev_checks.py compare --models A B     # base models side by side, 384 prompts (779)
+    python scripts/muse_dev_checks.py by-style                 # base model per seen style, 64 prompts each (779)
     python scripts/muse_dev_checks.py adapters                 # Round-1 adapters on the held-out styles (777),
                                                                # --guidance G.. --lambda-a L.. (default 2; 0.5 1 2)
                                                                # --sampling-steps N (default 12)
@@ -172,6 +173,20 @@ def compare(model, args) -> None:
                 ]
             )
             print(group, path, _by_size(oracles, images, labels), flush=True)
+
+
+def by_style(model, args) -> None:
+    """The base model per seen style, 64 prompts each (seed 779): which styles' shapes it draws worst."""
+    from stylecraft.sampling import SamplingConfig, sample_images
+    from stylecraft.world import SEEN_STYLES, sample_scenes
+    from stylecraft.world.oracles import load_oracles
+
+    oracles, seed, config = load_oracles(), DEV_SEED + 2, SamplingConfig(steps=12, guidance_scale=2.0)
+    for style in SEEN_STYLES:
+        scenes = sample_scenes(64, np.random.default_rng(seed), (style,))
+        generator = torch.Generator().manual_seed(seed)
+        images = sample_images(model, scenes.captions(), config, generator=generator, progress=False)
+        print(style, _by_size(oracles, images, scenes.labels()), flush=True)
 
 
 def adapters(model, args) -> None:
@@ -572,6 +587,7 @@ CHECKS = {
     "temperature": temperature,
     "vq-latents": vq_latents,
     "compare": compare,
+    "by-style": by_style,
     "adapters": adapters,
     "glyph": glyph,
     "mix": mix,
