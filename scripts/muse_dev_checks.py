@@ -528,6 +528,8 @@ def _pooled_round(style_dir: Path) -> Path:
     ...): repeat r's candidate k of a prompt becomes candidate k + r * K, with its tokens and scores."""
     import json
 
+    from stylecraft.feedback import candidate_name, tokens_path
+
     repeats = sorted(d for d in style_dir.glob("round2*") if (d / "round.json").is_file())
     pooled = Path(tempfile.mkdtemp()) / "round2-pooled"
     (pooled / "candidates").mkdir(parents=True)
@@ -536,11 +538,10 @@ def _pooled_round(style_dir: Path) -> Path:
     per_prompt, scores = settings["per_prompt"], {}
     for r, repeat in enumerate(repeats):
         for file, score in json.loads((repeat / "scores.json").read_text()).items():
-            p, k = int(file[1:4]), int(file[6:9])  # pNNN_kNNN.png
-            new = f"p{p:03d}_k{k + r * per_prompt:03d}.png"
+            k = int(Path(file).stem.split("_k")[1])  # candidate_name: pNNN_kNNN.png
+            new = candidate_name(score["prompt_index"], k + r * per_prompt)
             shutil.copy(repeat / "candidates" / file, pooled / "candidates" / new)
-            tokens = Path(file).with_suffix(".safetensors")
-            shutil.copy(repeat / "tokens" / tokens, pooled / "tokens" / Path(new).with_suffix(".safetensors"))
+            shutil.copy(tokens_path(repeat, file), tokens_path(pooled, new))
             scores[new] = score
     settings["per_prompt"] = per_prompt * len(repeats)
     (pooled / "round.json").write_text(json.dumps(settings))
