@@ -47,11 +47,17 @@ def test_stream_batches_are_seeded_by_position():
 
 
 def test_edge_distances_match_the_stream_pixels():
-    from stylecraft.world.renderer import stream_with_edges
+    from stylecraft.world.renderer import COLOURS, stream_with_edges
 
     plain, _ = next(stream(16, seed=3, styles=("flat color",)))
     images, scenes, distance = next(stream_with_edges(16, seed=3, styles=("flat color",)))
-    assert np.array_equal(images, plain) and distance.shape == (16, 64, 64) and (distance >= 0).all()
+    assert np.array_equal(images, plain) and distance.shape == (16, 64, 64)
+    # Negative inside the shape: there flat colour paints the scene's colour, outside the background.
+    inside = distance < -1.5
+    assert inside.any(axis=(1, 2)).all() and (distance > 1.5).any(axis=(1, 2)).all()
+    ink = np.array([images[k][inside[k]].mean(0) for k in range(16)])
+    assert np.abs(ink - np.array(list(COLOURS.values()))[scenes.colour] * 255).max() < 20
+    distance = np.abs(distance)
     # Flat colour changes only across the shape's edge: neighbouring pixels that differ sit next to it.
     change = np.abs(np.diff(images.astype(int), axis=2)).sum(-1) > 30
     near = np.minimum(distance[:, :, 1:], distance[:, :, :-1]) < 1.5
@@ -370,7 +376,7 @@ def test_edge_weighted_vq_stage_weighs_the_outline(tmp_path):
     # The same shipped VQ on the same first batch: only the weighting differs, and edges are hard to reconstruct.
     assert losses["vq-edge"] > losses["vq-continue"] * 1.2
     bad = _later_stage_recipe(tmp_path, "vq-edge", edge_weight=-1.0)
-    with pytest.raises(SystemExit, match="edge_weight must be >= 0"):
+    with pytest.raises(SystemExit, match="edge_weight and extra.fill_weight must be >= 0"):
         main(["vq", "--section", "vq-edge", "--recipe", bad, "--out", str(tmp_path / "bad"), "--threads", "1"])
 
 
@@ -441,6 +447,37 @@ def test_outline_stage_continues_the_shipped_muse(tmp_path):
         ours = load_file(tmp_path / "run" / "muse" / part / f"{name}.safetensors")
         theirs = load_file(shapes_model_dir() / part / f"{name}.safetensors")
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_a_muse_stage_can_continue_on_a_fine_tuned_vqs_tokens(tmp_path):
+    from safetensors.torch import load_file
+
+    from stylecraft.world.pretrain import main
+    from stylecraft.world.vq import WorldVQModel
+
+    recipe = _later_stage_recipe(tmp_path, "vq-edge", init="shapes")
+    main(["vq", "--section", "vq-edge", "--recipe", recipe, "--out", str(tmp_path / "vq"), "--threads", "1"])
+    recipe = _later_stage_recipe(
+        tmp_path, "muse-retoken", vq=str(tmp_path / "vq"), eval={"images": 2, "steps": 2, "guidance": 2.0}
+    )
+    main(["muse", "--section", "muse-retoken", "--recipe", recipe, "--out", str(tmp_path / "run"), "--threads", "1"])
+    name = "diffusion_pytorch_model.safetensors"
+    saved = load_file(tmp_path / "run" / "muse" / "vqvae" / name)
+    tuned, shipped = load_file(tmp_path / "vq" / "vqvae" / name), load_file(shapes_model_dir() / "vqvae" / name)
+    assert all(torch.equal(saved[k], tuned[k]) for k in saved)  # the run draws (and ships) the new VQ's tokens
+    assert not all(torch.equal(saved[k], shipped[k]) for k in saved)
+
+    other = tmp_path / "other"
+    WorldVQModel(block_out_channels=(8, 8, 16, 16), latent_channels=4, num_vq_embeddings=16).save_pretrained(
+        other / "vqvae"
+    )
+    for vq, message in ((other, "num_vq_embeddings 16"), (tmp_path / "missing", "no vqvae/config.json")):
+        recipe = _later_stage_recipe(tmp_path, "muse-retoken", vq=str(vq))
+        with pytest.raises(SystemExit, match=message):
+            main(["muse", "--section", "muse-retoken", "--recipe", recipe, "--out", str(tmp_path / "bad")])
+    recipe = _later_stage_recipe(tmp_path, "muse-retoken", init=None)
+    with pytest.raises(SystemExit, match="extra.vq retokenizes a stage that continues"):
+        main(["muse", "--section", "muse-retoken", "--recipe", recipe, "--out", str(tmp_path / "bad")])
 
 
 def test_ship_a_later_muse_stage_keeps_the_records_of_every_stage(tmp_path, monkeypatch):

@@ -293,13 +293,16 @@ def train_vq(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None:
         vq = WorldVQModel(**recipe.model)
     # ``extra.edge_weight``: pixels within ``extra.edge_width`` px of the shape's edge weigh 1 + edge_weight in the
     # reconstruction loss. The codes' few bits then go to the outline, which decides the shape, before texture.
+    # ``extra.fill_weight``: the pixels inside the shape weigh 1 + fill_weight more, for the colour of thin ink
+    # (pen hatching's lines) that the plain loss leaves to the background around it.
     edge_weight, edge_width = recipe.extra.get("edge_weight", 0.0), recipe.extra.get("edge_width", 1.5)
-    if edge_weight < 0 or edge_width <= 0:
+    fill_weight = recipe.extra.get("fill_weight", 0.0)
+    if edge_weight < 0 or edge_width <= 0 or fill_weight < 0:
         raise StylecraftError(
-            f"extra.edge_weight must be >= 0 and extra.edge_width > 0 (px), got {edge_weight} and {edge_width}; "
-            "edge_weight 0 turns the outline weighting off"
+            f"extra.edge_weight and extra.fill_weight must be >= 0 and extra.edge_width > 0 (px), got {edge_weight}, "
+            f"{fill_weight} and {edge_width}; a weight of 0 turns that weighting off"
         )
-    data = renderer.stream_with_edges(recipe.batch_size, recipe.seed, edges=edge_weight > 0)
+    data = renderer.stream_with_edges(recipe.batch_size, recipe.seed, edges=edge_weight > 0 or fill_weight > 0)
     restart_every = recipe.extra.get("restart_dead_codes_every", 100)
     # ``extra.train: "decoder"`` trains the decoder alone on frozen codes: every image keeps its tokens, so a Muse
     # trained on this VQ's tokens stays valid and only draws its tokens better.
@@ -321,7 +324,8 @@ def train_vq(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None:
         error = (reconstruction - x).square() + 0.5 * (reconstruction - x).abs()
         if distance is None:
             return error.mean()
-        weight = 1.0 + edge_weight * torch.from_numpy(distance < edge_width).float()[:, None]
+        distance = torch.from_numpy(distance)[:, None]
+        weight = 1.0 + edge_weight * (distance.abs() < edge_width).float() + fill_weight * (distance < 0).float()
         return (error * weight).sum() / (weight.sum() * x.shape[1])
 
     def step_fn(step):
@@ -608,6 +612,26 @@ def muse_pool(pool_size: int, rng: np.random.Generator, small_fraction: float | 
     return scenes
 
 
+def _retokenizer(folder: Path, model) -> torch.nn.Module:
+    """The VQ in run folder ``folder`` (its vqvae/), checked to emit the codes and token grid ``model`` draws."""
+    from .vq import WorldVQModel
+
+    if not (folder / "vqvae" / "config.json").is_file():
+        raise StylecraftError(
+            f"extra.vq names {folder}, which has no vqvae/config.json: train that VQ first (python -m "
+            f"stylecraft.world.pretrain vq --out {folder})"
+        )
+    vq = WorldVQModel.from_pretrained(folder / "vqvae", local_files_only=True).eval()
+    ours, theirs = model.vqvae.config, vq.config
+    for key in ("num_vq_embeddings", "block_out_channels"):
+        if list(np.atleast_1d(ours[key])) != list(np.atleast_1d(theirs[key])):
+            raise StylecraftError(
+                f"extra.vq: the VQ in {folder} has {key} {theirs[key]}, the Muse being continued draws tokens of a VQ "
+                f"with {ours[key]}; continue on a VQ fine-tuned from that one (its recipe's extra.init)"
+            )
+    return vq
+
+
 def train_muse(recipe: Recipe, out: Path, resume: bool, vq_dir: Path, clip_dir: Path, oracles: Path) -> None:
     from diffusers import AmusedScheduler
     from transformers import CLIPTokenizer
@@ -629,6 +653,10 @@ def train_muse(recipe: Recipe, out: Path, resume: bool, vq_dir: Path, clip_dir: 
                 "stylecraft.world.pretrain muse --out runs/world/muse) or set the recipe's extra.init"
             )
         model = load_muse(init)
+        if recipe.extra.get("vq"):
+            # ``extra.vq``: continue on another VQ's tokens (a VQ fine-tuned from the init's), so the transformer
+            # relearns the codes that moved instead of starting over.
+            model.vqvae = _retokenizer(Path(recipe.extra["vq"]), model)
         transformer, vq, text_encoder = model.transformer, model.vqvae, model.text_encoder
         if init == "shapes" and not (resume and (out / LINEAGE).is_file()):
             # "shapes" names whatever is shipped now, and a later ship replaces it: keep its lineage with this run
@@ -637,6 +665,11 @@ def train_muse(recipe: Recipe, out: Path, resume: bool, vq_dir: Path, clip_dir: 
             write_json(out / LINEAGE, _shipped_lineage())
         transformer.requires_grad_(True).train()
     else:
+        if recipe.extra.get("vq"):
+            raise StylecraftError(
+                "extra.vq retokenizes a stage that continues a Muse (extra.init); a run from scratch takes its VQ "
+                "from --vq"
+            )
         vq = WorldVQModel.from_pretrained(vq_dir / "vqvae", local_files_only=True).eval()
         text_encoder = clip_text_encoder(clip_dir / "clip")
         tokenizer = CLIPTokenizer.from_pretrained(clip_dir / "clip", local_files_only=True)

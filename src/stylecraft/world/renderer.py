@@ -510,11 +510,12 @@ def stream(batch_size: int, seed: int, styles: tuple[str, ...] | None = None) ->
 def stream_with_edges(
     batch_size: int, seed: int, styles: tuple[str, ...] | None = None, edges: bool = True
 ) -> Iterator[tuple[np.ndarray, Scenes, np.ndarray | None]]:
-    """``stream``'s batches (the same pixels) with each image's distance in px to its shape's edge [n, 64, 64]."""
+    """``stream``'s batches (the same pixels) with each image's signed distance in px to its shape's edge [n, 64, 64]
+    (negative inside the shape)."""
     step = 0
     while True:
         rng = np.random.default_rng([seed, step])
         scenes = sample_scenes(batch_size, rng, styles)
         sdf = _distance_fields(scenes, rng)  # render's first draws: computed once, painted and returned
-        yield _paint(scenes, sdf, rng), scenes, np.abs(sdf) if edges else None
+        yield _paint(scenes, sdf, rng), scenes, sdf if edges else None
         step += 1
