@@ -171,6 +171,8 @@ def test_commands_train_and_sample_the_shapes_model_as_its_evaluations_do(tmp_pa
 
     assert load_muse("shapes").sampling_defaults == SAMPLING == {"guidance_scale": GUIDANCE, "lambda_a": LAMBDA_A}
     assert load_muse("amused-256-random").sampling_defaults == AMUSED_SAMPLING
+    # a Muse-mini loaded from its folder (a retrained one's run folder) samples as the shipped one does
+    assert load_muse(str(shapes_model_dir())).sampling_defaults == SAMPLING
     assert [default_recipe(None), default_recipe("shapes", "round2"), default_recipe("shapes", "full")] == [
         "shapes-round1-head",
         "shapes-round2-head",
@@ -367,16 +369,25 @@ def test_edge_weighted_vq_stage_weighs_the_outline(tmp_path):
     from stylecraft.world.pretrain import main
 
     losses = {}
-    for section in ("vq-continue", "vq-edge"):
-        recipe = _later_stage_recipe(tmp_path, section)
-        out = tmp_path / section
+    runs = (
+        ("vq-continue", {}),
+        ("vq-edge", {}),
+        ("vq-edge", {"fill_weight": 2.0}),
+        ("vq-continue", {"pooled_weight": 8.0}),
+    )
+    for section, extra in runs:
+        recipe = _later_stage_recipe(tmp_path, section, **extra)
+        name = section + "".join(f"-{key}" for key in extra)
+        out = tmp_path / name
         main(["vq", "--section", section, "--recipe", recipe, "--out", str(out), "--threads", "1"])
         history = json.loads((out / "training.json").read_text())["history"]
-        losses[section] = history[0]["loss"]
+        losses[name] = history[0]["loss"]
     # The same shipped VQ on the same first batch: only the weighting differs, and edges are hard to reconstruct.
     assert losses["vq-edge"] > losses["vq-continue"] * 1.2
+    assert losses["vq-edge-fill_weight"] != losses["vq-edge"]  # the shape's inside weighs more
+    assert losses["vq-continue-pooled_weight"] > losses["vq-continue"]  # a further (non-negative) term
     bad = _later_stage_recipe(tmp_path, "vq-edge", edge_weight=-1.0)
-    with pytest.raises(SystemExit, match="edge_weight and extra.fill_weight must be >= 0"):
+    with pytest.raises(SystemExit, match="edge_weight, extra.fill_weight and extra.pooled_weight must be >= 0"):
         main(["vq", "--section", "vq-edge", "--recipe", bad, "--out", str(tmp_path / "bad"), "--threads", "1"])
 
 

@@ -364,16 +364,14 @@ def load_muse(
     """
     name = "shapes" if model is None else str(model)
     if name == "shapes":
-        from .world import SAMPLING, shapes_model_dir
+        from .world import shapes_model_dir
 
         if not (shapes_model_dir() / "transformer").is_dir():
             raise StylecraftError(
                 f"the shapes world model is missing from {shapes_model_dir()}; reinstall stylecraft from a full "
                 "checkout, or retrain it: python -m stylecraft.world.pretrain muse (see docs/world.md)"
             )
-        muse = _load_folder(shapes_model_dir(), "shapes", device, dtype)
-        muse.sampling_defaults = dict(SAMPLING)
-        return muse
+        return _load_folder(shapes_model_dir(), "shapes", device, dtype)
     if name in BUILTIN_RANDOM:
         return build_random_muse(BUILTIN_RANDOM[name]).to(device, dtype)
     path = Path(name).expanduser()
@@ -428,6 +426,9 @@ def _transformer_class(source: str | Path) -> type[UVit2DModel]:
 
 
 def _load_folder(source: str | Path, name: str, device, dtype) -> MuseModel:
+    from .world import SAMPLING
+    from .world.transformer import WorldUVit2DModel
+
     kwargs = {"local_files_only": Path(str(source)).is_dir()}
     try:
         transformer = _transformer_class(source).from_pretrained(source, subfolder="transformer", **kwargs)
@@ -444,4 +445,9 @@ def _load_folder(source: str | Path, name: str, device, dtype) -> MuseModel:
     check_eos(text_encoder, tokenizer, f"model {name!r}")
     for module in (transformer, vqvae, text_encoder):
         module.eval().requires_grad_(False)
-    return MuseModel(transformer, vqvae, text_encoder, tokenizer, scheduler, name=name).to(device, dtype)
+    muse = MuseModel(transformer, vqvae, text_encoder, tokenizer, scheduler, name=name).to(device, dtype)
+    if isinstance(transformer, WorldUVit2DModel):
+        # Any shapes-world Muse-mini (the shipped one, or the run folder of a retrained one) samples as the shipped
+        # one does; at aMUSEd's CFG 10 a Muse-mini fills its backgrounds with white blobs.
+        muse.sampling_defaults = dict(SAMPLING)
+    return muse
