@@ -8,6 +8,7 @@ notes' diagnoses. Each prints oracle accuracies; none writes anything.
     python scripts/muse_dev_checks.py temperature              # sampler temperature and step count (778)
     python scripts/muse_dev_checks.py vq-latents               # VQ shape per style, with and without the codebook
                                                                # (--vq FOLDER: another VQ), colour and style (778)
+    python scripts/muse_dev_checks.py vq-agreement --vqs F..   # share of tokens other VQs give as the model's (778)
     python scripts/muse_dev_checks.py compare --models A B     # base models side by side, 384 prompts (779)
     python scripts/muse_dev_checks.py by-style                 # base model per seen style, 64 prompts each (779)
     python scripts/muse_dev_checks.py adapters                 # Round-1 adapters on the held-out styles (777),
@@ -140,6 +141,25 @@ def vq_latents(model, args) -> None:
     print(
         "quantized colour", f"{np.mean([r[0] for r in others]):.3f}", "style", f"{np.mean([r[1] for r in others]):.3f}"
     )
+
+
+def vq_agreement(model, args) -> None:
+    """Share of tokens that each VQ in ``--vqs`` gives as the model's own VQ does, on 64 renders per style (seed
+    778 000 + style index): how much of the code a Muse trained on the model's tokens still reads the same way."""
+    from stylecraft.world import STYLES, render_batch
+    from stylecraft.world.pretrain import to_tensor
+    from stylecraft.world.vq import WorldVQModel
+
+    for folder in args.vqs or []:
+        vq = WorldVQModel.from_pretrained(folder, local_files_only=True).eval()
+        shares = []
+        for k, style in enumerate(STYLES):
+            x = to_tensor(render_batch(64, (DEV_SEED + 1) * 1000 + k, styles=(style,))[0])
+            with torch.no_grad():
+                ours, theirs = (v.quantize(v.encode(x).latents)[2][2] for v in (model.vqvae, vq))
+            shares.append(float((ours == theirs).float().mean()))
+            print(f"{folder} {style:20s} {shares[-1]:.3f}", flush=True)
+        print(f"{folder} mean {np.mean(shares):.3f}", flush=True)
 
 
 def temperature(model, args) -> None:
@@ -587,6 +607,7 @@ CHECKS = {
     "by-size": by_size,
     "temperature": temperature,
     "vq-latents": vq_latents,
+    "vq-agreement": vq_agreement,
     "compare": compare,
     "by-style": by_style,
     "adapters": adapters,
@@ -621,6 +642,7 @@ def main() -> None:
     )
     parser.add_argument("--per-prompt", type=int, default=4, help="`feedback`: candidates per feedback prompt")
     parser.add_argument("--rounds", type=int, default=2, help="`feedback`: rounds to chain (default 2)")
+    parser.add_argument("--vqs", nargs="+", help="`vq-agreement`: vqvae folders to hold against the model's VQ")
     parser.add_argument("--models", nargs="+", help="`compare`: Muse folders to compare (default: the shipped one)")
     parser.add_argument("--sampling-steps", type=int, default=12, help="`adapters`: decoding steps")
     parser.add_argument(

@@ -297,10 +297,14 @@ def train_vq(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None:
     # (pen hatching's lines) that the plain loss leaves to the background around it.
     edge_weight, edge_width = recipe.extra.get("edge_weight", 0.0), recipe.extra.get("edge_width", 1.5)
     fill_weight = recipe.extra.get("fill_weight", 0.0)
-    if edge_weight < 0 or edge_width <= 0 or fill_weight < 0:
+    # ``extra.pooled_weight``: adds the error of 4×4-pixel means, the colour a region averages to, which thin lines'
+    # hue decides (pen hatching's blue drifting to purple) and the per-pixel loss weighs little beside edges.
+    pooled_weight = recipe.extra.get("pooled_weight", 0.0)
+    if edge_weight < 0 or edge_width <= 0 or fill_weight < 0 or pooled_weight < 0:
         raise StylecraftError(
-            f"extra.edge_weight and extra.fill_weight must be >= 0 and extra.edge_width > 0 (px), got {edge_weight}, "
-            f"{fill_weight} and {edge_width}; a weight of 0 turns that weighting off"
+            f"extra.edge_weight, extra.fill_weight and extra.pooled_weight must be >= 0 and extra.edge_width > 0 "
+            f"(px), got {edge_weight}, {fill_weight}, {pooled_weight} and {edge_width}; a weight of 0 turns that "
+            "term off"
         )
     data = renderer.stream_with_edges(recipe.batch_size, recipe.seed, edges=edge_weight > 0 or fill_weight > 0)
     restart_every = recipe.extra.get("restart_dead_codes_every", 100)
@@ -322,11 +326,12 @@ def train_vq(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None:
 
     def reconstruction_loss(reconstruction, x, distance):
         error = (reconstruction - x).square() + 0.5 * (reconstruction - x).abs()
+        pooled = pooled_weight * F.avg_pool2d(reconstruction - x, 4).square().mean() if pooled_weight else 0.0
         if distance is None:
-            return error.mean()
+            return error.mean() + pooled
         distance = torch.from_numpy(distance)[:, None]
         weight = 1.0 + edge_weight * (distance.abs() < edge_width).float() + fill_weight * (distance < 0).float()
-        return (error * weight).sum() / (weight.sum() * x.shape[1])
+        return (error * weight).sum() / (weight.sum() * x.shape[1]) + pooled
 
     def step_fn(step):
         images, _, distance = next(data)
