@@ -293,8 +293,8 @@ def train_vq(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None:
         vq = WorldVQModel(**recipe.model)
     # ``extra.edge_weight``: pixels within ``extra.edge_width`` px of the shape's edge weigh 1 + edge_weight in the
     # reconstruction loss. The codes' few bits then go to the outline, which decides the shape, before texture.
-    # ``extra.fill_weight``: the pixels inside the shape weigh 1 + fill_weight more, for the colour of thin ink
-    # (pen hatching's lines) that the plain loss leaves to the background around it.
+    # ``extra.fill_weight``: the pixels inside the shape weigh fill_weight more (added to any edge weight), meant for
+    # the colour of thin ink such as pen hatching's lines (it did not lift colour; pooled_weight below did).
     edge_weight, edge_width = recipe.extra.get("edge_weight", 0.0), recipe.extra.get("edge_width", 1.5)
     fill_weight = recipe.extra.get("fill_weight", 0.0)
     # ``extra.pooled_weight``: adds the error of 4×4-pixel means, the colour a region averages to, which thin lines'
