@@ -146,17 +146,19 @@ def vq_latents(model, args) -> None:
 def vq_agreement(model, args) -> None:
     """Share of tokens that each VQ in ``--vqs`` gives as the model's own VQ does, on 64 renders per style (seed
     778 000 + style index): how much of the code a Muse trained on the model's tokens still reads the same way."""
+    from dataclasses import replace
+
     from stylecraft.world import STYLES, render_batch
     from stylecraft.world.pretrain import to_tensor
     from stylecraft.world.vq import WorldVQModel
 
     for folder in args.vqs or []:
-        vq = WorldVQModel.from_pretrained(folder, local_files_only=True).eval()
+        other = replace(model, vqvae=WorldVQModel.from_pretrained(folder, local_files_only=True).eval())
         shares = []
         for k, style in enumerate(STYLES):
             x = to_tensor(render_batch(64, (DEV_SEED + 1) * 1000 + k, styles=(style,))[0])
             with torch.no_grad():
-                ours, theirs = (v.quantize(v.encode(x).latents)[2][2] for v in (model.vqvae, vq))
+                ours, theirs = model.encode_images(x), other.encode_images(x)
             shares.append(float((ours == theirs).float().mean()))
             print(f"{folder} {style:20s} {shares[-1]:.3f}", flush=True)
         print(f"{folder} mean {np.mean(shares):.3f}", flush=True)

@@ -629,7 +629,7 @@ def _retokenizer(folder: Path, model) -> torch.nn.Module:
     vq = WorldVQModel.from_pretrained(folder / "vqvae", local_files_only=True).eval()
     ours, theirs = model.vqvae.config, vq.config
     for key in ("num_vq_embeddings", "block_out_channels"):
-        if list(np.atleast_1d(ours[key])) != list(np.atleast_1d(theirs[key])):
+        if ours[key] != theirs[key]:  # both read from config.json, so lists and ints
             raise StylecraftError(
                 f"extra.vq: the VQ in {folder} has {key} {theirs[key]}, the Muse being continued draws tokens of a VQ "
                 f"with {ours[key]}; continue on a VQ fine-tuned from that one (its recipe's extra.init)"
