@@ -536,6 +536,44 @@ def test_ship_a_later_muse_stage_keeps_the_records_of_every_stage(tmp_path, monk
     assert (weights / "clip" / "config.json").read_text() == "{}"
 
 
+def test_ship_a_muse_on_a_fine_tuned_vq_keeps_the_vqs_records_and_refuses_another_vq(tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from stylecraft.world import pretrain
+
+    weights, runs, name = tmp_path / "weights", tmp_path / "runs", "diffusion_pytorch_model.safetensors"
+    shutil.copytree(shapes_model_dir(), weights / "muse")
+    monkeypatch.setattr(pretrain, "WEIGHTS", weights)
+    # the base VQ run, a VQ fine-tuned from it, and a Muse stage continued on the fine-tuned VQ's tokens
+    for run, init in (("vq", None), ("vq-fine", str(runs / "vq" / "vqvae"))):
+        shutil.copytree(shapes_model_dir() / "vqvae", runs / run / "vqvae")
+        record = {"recipe": {"extra": {"init": init} if init else {}}, "metrics": {"stage": run}}
+        (runs / run / "training.json").write_text(json.dumps(record))
+    tensors = load_file(runs / "vq-fine" / "vqvae" / name)
+    first = sorted(tensors)[0]
+    tensors[first] = tensors[first] + 1.0
+    save_file(tensors, runs / "vq-fine" / "vqvae" / name, metadata={"format": "pt"})
+    shutil.copytree(shapes_model_dir(), runs / "muse-fine" / "muse")
+    shutil.copyfile(runs / "vq-fine" / "vqvae" / name, runs / "muse-fine" / "muse" / "vqvae" / name)
+    (runs / "muse-fine" / "training.json").write_text(json.dumps({"recipe": {"extra": {"init": "shapes"}}}))
+
+    before, only = (weights / "muse" / "vqvae" / name).read_bytes(), ["--only", "muse"]
+    with pytest.raises(SystemExit, match="draws the tokens of a VQ other than the one in"):
+        pretrain.main(["ship", "--runs", str(runs), "--vq", str(runs / "vq"), "--muse", str(runs / "muse-fine")] + only)
+    assert (weights / "muse" / "vqvae" / name).read_bytes() == before  # refused before anything was replaced
+
+    pretrain.main(
+        ["ship", "--runs", str(runs), "--vq", str(runs / "vq-fine"), "--muse", str(runs / "muse-fine")] + only
+    )
+    shipped = weights / "muse" / "vqvae"
+    assert torch.equal(load_file(shipped / name)[first], tensors[first])
+    assert json.loads((shipped / "training.json").read_text())["metrics"] == {"stage": "vq-fine"}
+    assert [r["metrics"] for r in json.loads((shipped / pretrain.LINEAGE).read_text())] == [{"stage": "vq"}]
+
+
 def test_ship_replaces_a_detector_whole_or_not_at_all(tmp_path, monkeypatch):
     import shutil
 
