@@ -178,6 +178,9 @@ def test_commands_train_and_sample_the_shapes_model_as_its_evaluations_do(tmp_pa
         "shapes-round2-head",
         "shapes-full",
     ]
+    # ... and trains with the world's recipes too (by its folder, as --model and MuseModel.name give it)
+    assert default_recipe(str(shapes_model_dir()), "round2") == "shapes-round2-head"
+    assert default_recipe(load_muse(str(shapes_model_dir())).name) == "shapes-round1-head"
     assert [default_recipe("amused/amused-256", k) for k in ("round1", "round2", "lora", "full")] == [
         "round1",
         "round2",

@@ -425,6 +425,13 @@ def _transformer_class(source: str | Path) -> type[UVit2DModel]:
     return _saved_class(source, "transformer", UVit2DModel, transformer_class)
 
 
+def is_world_folder(source: str | Path) -> bool:
+    """Whether ``source`` is a local folder of a shapes-world Muse-mini (its transformer a ``WorldUVit2DModel``)."""
+    from .world.transformer import WorldUVit2DModel
+
+    return _transformer_class(source) is WorldUVit2DModel
+
+
 def _load_folder(source: str | Path, name: str, device, dtype) -> MuseModel:
     from .world import SAMPLING
     from .world.transformer import WorldUVit2DModel

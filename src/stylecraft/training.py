@@ -79,9 +79,11 @@ class TrainConfig:
 
 def default_recipe(model: str | None, kind: str = "round1") -> str:
     """The recipe to train ``model`` (a --model value or ``MuseModel.name``) with when none is named: the paper's
-    ``kind`` (round1, round2; lora: diffusers' aMUSEd recipe; full: round1's schedule) or the shapes model's own
-    (``world.RECIPES``)."""
-    if model in (None, "shapes"):
+    ``kind`` (round1, round2; lora: diffusers' aMUSEd recipe; full: round1's schedule), or the shapes world's own
+    (``world.RECIPES``) for the shapes model and any shapes-world Muse-mini loaded from its folder (a retrained one)."""
+    from .muse import is_world_folder
+
+    if model in (None, "shapes") or is_world_folder(model):
         from .world import RECIPES
 
         return RECIPES[kind]
