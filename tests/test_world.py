@@ -416,6 +416,30 @@ def test_decoder_stage_keeps_every_token_of_the_shipped_vq(tmp_path):
     assert not torch.equal(reconstruct(before, images), reconstruct(after, images))
 
 
+def test_encoder_stage_keeps_what_every_code_draws(tmp_path):
+    from stylecraft.world.pretrain import main
+    from stylecraft.world.vq import WorldVQModel
+
+    recipe = _later_stage_recipe(tmp_path, "vq-encoder", init="shapes")
+    main(["vq", "--section", "vq-encoder", "--recipe", recipe, "--out", str(tmp_path / "run"), "--threads", "1"])
+    before = WorldVQModel.from_pretrained(shapes_model_dir() / "vqvae").eval()
+    after = WorldVQModel.from_pretrained(tmp_path / "run" / "vqvae").eval()
+    changed = {
+        name.split(".")[0]
+        for name, value in after.state_dict().items()
+        if not torch.equal(value, before.state_dict()[name])
+    }
+    assert changed == {"encoder", "quant_conv"}  # codebook and decoder as they were ...
+    tokens = torch.randint(0, before.config.num_vq_embeddings, (2, 8, 8))
+    with torch.no_grad():
+        shape = (2, 8, 8, before.config.latent_channels)
+        drawn = [vq.decode(tokens, force_not_quantize=True, shape=shape).sample for vq in (before, after)]
+    assert torch.equal(*drawn)  # ... so a Muse trained on this VQ's tokens samples the same pictures
+    recipe = _later_stage_recipe(tmp_path, "vq-encoder", train="codebook")
+    with pytest.raises(SystemExit, match="extra.train must be all, decoder or encoder"):
+        main(["vq", "--section", "vq-encoder", "--recipe", recipe, "--out", str(tmp_path / "bad")])
+
+
 def test_a_muse_stage_can_see_more_small_shapes():
     from stylecraft.errors import StylecraftError
     from stylecraft.world import SEEN_STYLES, STYLES, sample_scenes

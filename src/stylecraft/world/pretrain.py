@@ -309,11 +309,17 @@ def train_vq(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None:
     data = renderer.stream_with_edges(recipe.batch_size, recipe.seed, edges=edge_weight > 0 or fill_weight > 0)
     restart_every = recipe.extra.get("restart_dead_codes_every", 100)
     # ``extra.train: "decoder"`` trains the decoder alone on frozen codes: every image keeps its tokens, so a Muse
-    # trained on this VQ's tokens stays valid and only draws its tokens better.
-    decoder_only = recipe.extra.get("train", "all") == "decoder"
-    if decoder_only:
+    # trained on this VQ's tokens stays valid and only draws its tokens better. ``"encoder"`` trains the encoder alone
+    # against the frozen codebook and decoder: every code still draws what it drew, so a Muse trained on this VQ
+    # samples exactly the same pictures, and only the choice of codes for a given image changes.
+    part = recipe.extra.get("train", "all")
+    if part not in ("all", "decoder", "encoder"):
+        raise StylecraftError(f"extra.train must be all, decoder or encoder, got {part!r}")
+    decoder_only = part == "decoder"
+    if part != "all":
         vq.requires_grad_(False)
-        trained = [*vq.post_quant_conv.parameters(), *vq.decoder.parameters()]
+        modules = (vq.post_quant_conv, vq.decoder) if decoder_only else (vq.encoder, vq.quant_conv)
+        trained = [param for module in modules for param in module.parameters()]
         for param in trained:
             param.requires_grad_(True)
         restart_every = 0
