@@ -416,12 +416,14 @@ def test_decoder_stage_keeps_every_token_of_the_shipped_vq(tmp_path):
     assert not torch.equal(reconstruct(before, images), reconstruct(after, images))
 
 
-def test_encoder_stage_keeps_what_every_code_draws(tmp_path):
-    from stylecraft.world.pretrain import main
+def test_encoder_stage_keeps_what_every_code_draws(tmp_path, capsys):
+    from stylecraft.cli import main
     from stylecraft.world.vq import WorldVQModel
 
+    # run as `stylecraft world pretrain ...`, the same command line as python -m stylecraft.world.pretrain
     recipe = _later_stage_recipe(tmp_path, "vq-encoder", init="shapes")
-    main(["vq", "--section", "vq-encoder", "--recipe", recipe, "--out", str(tmp_path / "run"), "--threads", "1"])
+    command = ["--quiet", "world", "pretrain", "vq", "--section", "vq-encoder", "--recipe", recipe, "--threads", "1"]
+    assert main([*command, "--out", str(tmp_path / "run")]) == 0
     before = WorldVQModel.from_pretrained(shapes_model_dir() / "vqvae").eval()
     after = WorldVQModel.from_pretrained(tmp_path / "run" / "vqvae").eval()
     changed = {
@@ -435,9 +437,9 @@ def test_encoder_stage_keeps_what_every_code_draws(tmp_path):
         shape = (2, 8, 8, before.config.latent_channels)
         drawn = [vq.decode(tokens, force_not_quantize=True, shape=shape).sample for vq in (before, after)]
     assert torch.equal(*drawn)  # ... so a Muse trained on this VQ's tokens samples the same pictures
-    recipe = _later_stage_recipe(tmp_path, "vq-encoder", train="codebook")
-    with pytest.raises(SystemExit, match="extra.train must be all, decoder or encoder"):
-        main(["vq", "--section", "vq-encoder", "--recipe", recipe, "--out", str(tmp_path / "bad")])
+    command[command.index(recipe)] = _later_stage_recipe(tmp_path, "vq-encoder", train="codebook")
+    assert main([*command, "--out", str(tmp_path / "bad")]) == 2
+    assert "error: extra.train must be all, decoder or encoder, got 'codebook'" in capsys.readouterr().err
 
 
 def test_a_muse_stage_can_see_more_small_shapes():

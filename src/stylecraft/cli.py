@@ -229,6 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="training steps of both adapters (default: recipe's)")
     _add_out(p)
 
+    p = commands.add_parser(
+        "world", help="retrain the shapes world's models: world pretrain oracles|glyph|vq|clip|muse|ship ..."
+    )
+    p.add_argument("action", choices=["pretrain"], help="pretrain: train one model from its recipe, or ship runs")
+    p.add_argument(
+        "args", nargs=argparse.REMAINDER, help="its arguments (stylecraft world pretrain --help; the model card)"
+    )
+
     commands.add_parser("env", help="print versions and devices (for bug reports)")
     return parser
 
@@ -244,6 +252,7 @@ RUNNERS = {
     "eval-feedback": "stylecraft.evaluation:run_feedback_cli",
     "eval-two-adapters": "stylecraft.evaluation:run_two_adapter_cli",
     "ui": "stylecraft.ui:run_cli",
+    "world": "stylecraft.world.pretrain:run_cli",
     "env": "stylecraft.cli:run_env",
 }
 

@@ -890,8 +890,8 @@ def _earlier_stages(run: Path, shipped_lineage=_shipped_lineage) -> list[dict]:
     return records
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stylecraft.world.pretrain", description=__doc__.split("\n")[0])
+def build_parser(prog: str = "python -m stylecraft.world.pretrain") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     parser.add_argument("model", choices=["oracles", "glyph", "vq", "clip", "muse", "ship"])
     parser.add_argument("--out", type=Path, help="run folder (weights, checkpoint.pt, training.json)")
     parser.add_argument("--section", help="recipe section to use (default: the model's name)")
@@ -917,11 +917,22 @@ def main(argv: list[str] | None = None) -> None:
         default=Path("runs/world/oracles/oracles.safetensors"),
         help="oracle weights for evaluation (default: a fresh run's, else the shipped ones)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     try:
-        _run(parser, args)
+        _run(parser, parser.parse_args(argv))
     except StylecraftError as error:
         raise SystemExit(f"error: {error}") from None
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """``stylecraft world pretrain ...``: this module's command line (errors reach stylecraft's one-line handler)."""
+    parser = build_parser("stylecraft world pretrain")
+    _run(parser, parser.parse_args(args.args))
+    return 0
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
