@@ -437,7 +437,7 @@ def test_encoder_stage_keeps_what_every_code_draws(tmp_path, capsys):
         shape = (2, 8, 8, before.config.latent_channels)
         drawn = [vq.decode(tokens, force_not_quantize=True, shape=shape).sample for vq in (before, after)]
     assert torch.equal(*drawn)  # ... so a Muse trained on this VQ's tokens samples the same pictures
-    command[command.index(recipe)] = _later_stage_recipe(tmp_path, "vq-encoder", train="codebook")
+    command[command.index(recipe)] = _later_stage_recipe(tmp_path, "vq-encoder", train="codebook", init="missing")
     assert main([*command, "--out", str(tmp_path / "bad")]) == 2
     assert "error: extra.train must be all, decoder or encoder, got 'codebook'" in capsys.readouterr().err
 

@@ -269,6 +269,9 @@ def evaluate_oracles(oracles: Oracles, per_style: int) -> dict:
 def train_vq(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None:
     from .vq import WorldVQModel
 
+    part = recipe.extra.get("train", "all")  # checked before anything loads; what each part means: below
+    if part not in ("all", "decoder", "encoder"):
+        raise StylecraftError(f"extra.train must be all, decoder or encoder, got {part!r}")
     torch.manual_seed(recipe.seed)
     # A later stage starts from an earlier stage's weights (``extra.init``: a vqvae folder; "shapes": the shipped VQ).
     init = recipe.extra.get("init")
@@ -312,9 +315,6 @@ def train_vq(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None:
     # trained on this VQ's tokens stays valid and only draws its tokens better. ``"encoder"`` trains the encoder alone
     # against the frozen codebook and decoder: every code still draws what it drew, so a Muse trained on this VQ
     # samples exactly the same pictures, and only the choice of codes for a given image changes.
-    part = recipe.extra.get("train", "all")
-    if part not in ("all", "decoder", "encoder"):
-        raise StylecraftError(f"extra.train must be all, decoder or encoder, got {part!r}")
     decoder_only = part == "decoder"
     if part != "all":
         vq.requires_grad_(False)
