@@ -803,10 +803,10 @@ def ship(
     shipped_vq = WEIGHTS / "muse" / "vqvae"
     vq_weights = "diffusion_pytorch_model.safetensors"
     run_vq = muse_run / "muse" / "vqvae" / vq_weights
-    same_vq = "muse" in wanted and (shipped_vq / vq_weights).is_file() and _same_bytes(shipped_vq / vq_weights, run_vq)
+    same_vq = "muse" in wanted and _same_bytes(shipped_vq / vq_weights, run_vq)
     if "muse" in wanted and not same_vq:
         # a new VQ ships with the Muse: its training record comes from --vq, which must be the VQ the Muse draws
-        if not (vq_dir / "vqvae" / vq_weights).is_file() or not _same_bytes(vq_dir / "vqvae" / vq_weights, run_vq):
+        if not _same_bytes(vq_dir / "vqvae" / vq_weights, run_vq):
             raise StylecraftError(
                 f"nothing shipped: the Muse in {muse_run} draws the tokens of a VQ other than the one in {vq_dir}; "
                 "name the VQ run it was trained on with --vq (its recipe's extra.vq, or the base run's --vq)"
@@ -854,6 +854,7 @@ def _replace_file(source: Path, target: Path) -> None:
 
 
 def _same_bytes(a: Path, b: Path) -> bool:
+    """Whether both files exist and hold the same bytes (the same saved weights)."""
     return a.is_file() and b.is_file() and a.read_bytes() == b.read_bytes()
 
 
