@@ -394,19 +394,26 @@ def test_edge_weighted_vq_stage_weighs_the_outline(tmp_path):
         main(["vq", "--section", "vq-edge", "--recipe", bad, "--out", str(tmp_path / "bad"), "--threads", "1"])
 
 
+def _stage_changes(run):
+    """The shipped VQ, the VQ a later stage saved in ``run``, and the top-level parts whose weights it changed."""
+    from stylecraft.world.vq import WorldVQModel
+
+    before = WorldVQModel.from_pretrained(shapes_model_dir() / "vqvae").eval()
+    after = WorldVQModel.from_pretrained(run / "vqvae").eval()
+    old = before.state_dict()
+    return (
+        before,
+        after,
+        {name.split(".")[0] for name, value in after.state_dict().items() if not torch.equal(value, old[name])},
+    )
+
+
 def test_decoder_stage_keeps_every_token_of_the_shipped_vq(tmp_path):
     from stylecraft.world.pretrain import main, reconstruct
-    from stylecraft.world.vq import WorldVQModel
 
     recipe = _later_stage_recipe(tmp_path, "vq-decoder", init="shapes")
     main(["vq", "--section", "vq-decoder", "--recipe", recipe, "--out", str(tmp_path / "run"), "--threads", "1"])
-    before = WorldVQModel.from_pretrained(shapes_model_dir() / "vqvae").eval()
-    after = WorldVQModel.from_pretrained(tmp_path / "run" / "vqvae").eval()
-    changed = {
-        name.split(".")[0]
-        for name, value in after.state_dict().items()
-        if not torch.equal(value, before.state_dict()[name])
-    }
+    before, after, changed = _stage_changes(tmp_path / "run")
     assert changed == {"decoder", "post_quant_conv"}
     images, _ = render_batch(8, 5)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
@@ -418,19 +425,12 @@ def test_decoder_stage_keeps_every_token_of_the_shipped_vq(tmp_path):
 
 def test_encoder_stage_keeps_what_every_code_draws(tmp_path, capsys):
     from stylecraft.cli import main
-    from stylecraft.world.vq import WorldVQModel
 
     # run as `stylecraft world pretrain ...`, the same command line as python -m stylecraft.world.pretrain
     recipe = _later_stage_recipe(tmp_path, "vq-encoder", init="shapes")
     command = ["--quiet", "world", "pretrain", "vq", "--section", "vq-encoder", "--recipe", recipe, "--threads", "1"]
     assert main([*command, "--out", str(tmp_path / "run")]) == 0
-    before = WorldVQModel.from_pretrained(shapes_model_dir() / "vqvae").eval()
-    after = WorldVQModel.from_pretrained(tmp_path / "run" / "vqvae").eval()
-    changed = {
-        name.split(".")[0]
-        for name, value in after.state_dict().items()
-        if not torch.equal(value, before.state_dict()[name])
-    }
+    before, after, changed = _stage_changes(tmp_path / "run")
     assert changed == {"encoder", "quant_conv"}  # codebook and decoder as they were ...
     tokens = torch.randint(0, before.config.num_vq_embeddings, (2, 8, 8))
     with torch.no_grad():
