@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import signal
 import threading
 import time
 import webbrowser
@@ -338,6 +339,10 @@ def run_cli(args) -> int:
         server = StudioServer(studio, args.host, args.port)
     except OSError as err:
         raise StylecraftError(f"cannot listen on {args.host}:{args.port} ({err.strerror}); try --port 0") from None
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        # Started as a background job of a shell (`stylecraft ui ... &`), which ignores Ctrl-C for its jobs and so
+        # for Python too: then `kill -INT` or a later Ctrl-C would never stop the server, as the line below promises.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     print(f"feedback studio for {studio.root}: {server.url}  (Ctrl-C to stop; picks are saved on every click)")
     if args.open:
         webbrowser.open(server.url)
