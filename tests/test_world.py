@@ -593,6 +593,13 @@ def test_ship_a_muse_on_a_fine_tuned_vq_keeps_the_vqs_records_and_refuses_anothe
     with pytest.raises(SystemExit, match="draws the tokens of a VQ other than the one in"):
         pretrain.main(["ship", "--runs", str(runs), "--vq", str(runs / "vq"), "--muse", str(runs / "muse-fine")] + only)
     assert (weights / "muse" / "vqvae" / name).read_bytes() == before  # refused before anything was replaced
+    (runs / "vq-fine" / "training.json").rename(runs / "record.json")  # the right VQ, but no record to ship with it
+    with pytest.raises(SystemExit, match="training.json does not exist; the new VQ ships with its training record"):
+        pretrain.main(
+            ["ship", "--runs", str(runs), "--vq", str(runs / "vq-fine"), "--muse", str(runs / "muse-fine")] + only
+        )
+    assert (weights / "muse" / "vqvae" / name).read_bytes() == before
+    (runs / "record.json").rename(runs / "vq-fine" / "training.json")
 
     pretrain.main(
         ["ship", "--runs", str(runs), "--vq", str(runs / "vq-fine"), "--muse", str(runs / "muse-fine")] + only

@@ -811,6 +811,11 @@ def ship(
                 f"nothing shipped: the Muse in {muse_run} draws the tokens of a VQ other than the one in {vq_dir}; "
                 "name the VQ run it was trained on with --vq (its recipe's extra.vq, or the base run's --vq)"
             )
+        if not (vq_dir / "training.json").is_file():
+            raise StylecraftError(
+                f"nothing shipped: {vq_dir / 'training.json'} does not exist; the new VQ ships with its training "
+                "record, so name the VQ's run folder (python -m stylecraft.world.pretrain vq --out ...) with --vq"
+            )
     WEIGHTS.mkdir(parents=True, exist_ok=True)
     if "oracles" in wanted:
         _replace_file(runs / "oracles" / "oracles.safetensors", WEIGHTS / "oracles.safetensors")
