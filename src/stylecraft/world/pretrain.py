@@ -209,24 +209,35 @@ def _soften(x: torch.Tensor, probability: float) -> torch.Tensor:
 
 # ---- glyph oracle -------------------------------------------------------------------------------------------------
 def train_glyph_oracle(recipe: Recipe, out: Path, resume: bool) -> None:
-    """A glyph-or-not detector: half of each batch glyphs; the other half the eight shapes and, for a share
-    ``extra.blob_fraction`` of it, shapeless blobs (``renderer.render_blobs``); all styles, colours and sizes."""
+    """A glyph-or-not detector: half of each batch glyphs; the other half the eight shapes, shapeless blobs
+    (``renderer.render_blobs``) for a share ``extra.blob_fraction`` of it, and loose strokes
+    (``renderer.render_strokes``) for a share ``extra.stroke_fraction``; all styles, colours and sizes."""
     from safetensors.torch import save_file
 
     from .oracles import GlyphOracle, load_glyph_oracle
 
-    blob_fraction = recipe.extra.get("blob_fraction", 0.0)
-    if not 0.0 <= blob_fraction <= 1.0:
-        raise StylecraftError(f"extra.blob_fraction must be in [0, 1] (a share of the negatives), got {blob_fraction}")
+    fractions = {key: recipe.extra.get(key, 0.0) for key in ("blob_fraction", "stroke_fraction")}
+    for key, value in fractions.items():
+        if not 0.0 <= value <= 1.0:
+            raise StylecraftError(f"extra.{key} must be in [0, 1] (a share of the negatives), got {value}")
+    if sum(fractions.values()) > 1.0:
+        raise StylecraftError(
+            f"extra.blob_fraction + extra.stroke_fraction must be at most 1 (shares of the negatives), got "
+            f"{sum(fractions.values())}"
+        )
     torch.manual_seed(recipe.seed)
     model = GlyphOracle(**recipe.model)
     half = recipe.batch_size // 2
 
     def step_fn(step):
         glyphs, _ = renderer.render_glyphs(half, seed=[recipe.seed, step, 1])
-        blobs = round(half * blob_fraction)
-        shapes, _ = renderer.render_batch(half - blobs, seed=[recipe.seed, step, 0])
-        negatives = [shapes, renderer.render_blobs(blobs, seed=[recipe.seed, step, 2])] if blobs else [shapes]
+        blobs, strokes = (round(half * fractions[key]) for key in ("blob_fraction", "stroke_fraction"))
+        shapes, _ = renderer.render_batch(half - blobs - strokes, seed=[recipe.seed, step, 0])
+        negatives = [shapes]
+        if blobs:
+            negatives.append(renderer.render_blobs(blobs, seed=[recipe.seed, step, 2]))
+        if strokes:
+            negatives.append(renderer.render_strokes(strokes, seed=[recipe.seed, step, 3]))
         x = _soften(to_tensor(np.concatenate([glyphs, *negatives])), recipe.extra.get("blur_prob", 0.25))
         target = torch.cat([torch.ones(half), torch.zeros(half)])
         loss = F.binary_cross_entropy_with_logits(model(x), target)
@@ -239,18 +250,21 @@ def train_glyph_oracle(recipe: Recipe, out: Path, resume: bool) -> None:
 
 
 def evaluate_glyph_oracle(detector, per_style: int) -> dict:
-    """Per style: share of fresh glyph renders called glyph, and of fresh shape and blob renders called not-glyph."""
+    """Per style: share of fresh glyph renders called glyph, and of fresh shape, blob and stroke renders called
+    not-glyph."""
     result = {}
     for k, style in enumerate(renderer.STYLES):
         glyphs, _ = renderer.render_glyphs(per_style, EVAL_SEED + k, styles=(style,))
         shapes, _ = renderer.render_batch(per_style, EVAL_SEED + 100 + k, styles=(style,))
         blobs = renderer.render_blobs(per_style, EVAL_SEED + 200 + k, styles=(style,))
+        strokes = renderer.render_strokes(per_style, EVAL_SEED + 300 + k, styles=(style,))
         result[style] = {
             "glyph_recall": round(float(detector.predict(glyphs).mean()), 4),
             "shape_rejection": round(float((~detector.predict(shapes)).mean()), 4),
             "blob_rejection": round(float((~detector.predict(blobs)).mean()), 4),
+            "stroke_rejection": round(float((~detector.predict(strokes)).mean()), 4),
         }
-    keys = ("glyph_recall", "shape_rejection", "blob_rejection")
+    keys = ("glyph_recall", "shape_rejection", "blob_rejection", "stroke_rejection")
     result["min"] = {key: min(result[s][key] for s in renderer.STYLES) for key in keys}
     return result
 

@@ -479,6 +479,33 @@ def render_blobs(n: int, seed: int | list[int], styles: tuple[str, ...] | None =
     return _paint(scenes, ((r - 1 + bend) * radius[:, None, None]).astype(np.float32), rng)
 
 
+def render_strokes(n: int, seed: int | list[int], styles: tuple[str, ...] | None = None) -> np.ndarray:
+    """``n`` loose strokes as uint8 images [n, 64, 64, 3]: one or two open zigzags of one to three straight pieces,
+    2-6 px thick, about a scene's place, painted in a random colour and style. Negatives for the glyph detector, so
+    that bolt-like fragments (a ">" or a "Z" of glowing line) are not read as the bolt."""
+    rng = np.random.default_rng(seed)
+    scenes = sample_scenes(n, rng, styles)
+    centre = _POSITION_XY[scenes.position] + rng.uniform(-4, 4, (n, 2))
+    reach = np.where(scenes.size == 1, 1.0, 0.55)  # how far a large or small scene's strokes wander
+    grid = np.arange(SIZE, dtype=np.float32) + 0.5
+    x, y = np.meshgrid(grid, grid)  # [64, 64] each, x along the columns
+    sdf = np.empty((n, SIZE, SIZE), dtype=np.float32)
+    for i in range(n):
+        distance = np.full((SIZE, SIZE), np.inf, dtype=np.float32)
+        for _ in range(rng.integers(1, 3)):
+            point = centre[i] + rng.uniform(-10, 10, 2) * reach[i]
+            heading = rng.uniform(0, 2 * np.pi)
+            for _ in range(rng.integers(1, 4)):
+                length = rng.uniform(10, 26) * reach[i]
+                end = point + length * np.array([np.cos(heading), np.sin(heading)])
+                ex, ey = end - point
+                t = np.clip(((x - point[0]) * ex + (y - point[1]) * ey) / (ex * ex + ey * ey), 0.0, 1.0)
+                distance = np.minimum(distance, np.hypot(x - point[0] - ex * t, y - point[1] - ey * t))
+                point, heading = end, heading + rng.choice([-1, 1]) * rng.uniform(2.0, 2.8)  # a sharp turn
+        sdf[i] = distance - rng.uniform(1.0, 3.0)
+    return _paint(scenes, sdf, rng)
+
+
 def render_batch(n: int, seed: int, styles: tuple[str, ...] | None = None) -> tuple[np.ndarray, Scenes]:
     """``n`` random scenes (styles from ``styles``, default all) and their uint8 images [n, 64, 64, 3]."""
     rng = np.random.default_rng(seed)
