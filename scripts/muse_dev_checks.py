@@ -22,6 +22,8 @@ notes' diagnoses. Each prints oracle accuracies; none writes anything.
                                                                # S.. (glyph renders in these seen styles;
                                                                # --plain-captions: captions never name them),
                                                                # --recipe R (the style adapter's; shapes-round1)
+    python scripts/muse_dev_checks.py stack                    # style and content adapter summed in one forward
+                                                               # (not Eq. 5-6), over --guidance, --lambda-a (777)
     python scripts/muse_dev_checks.py feedback --lambda-a 1    # Round 1 vs Round 2 (CLIP picks), candidates
                                                                # drawn at λA 1; --round2-recipe R,
                                                                # --per-prompt K (default 4) (777);
@@ -374,6 +376,62 @@ def mix(model, args) -> None:
             )
 
 
+def stack(model, args) -> None:
+    """Not Eq. 5-6: the style and the content adapter both in one forward (their deltas summed at every site),
+    guided as one adapter with Eq. 4 against the base, over --guidance and --lambda-a. The glyph detector, style
+    and colour as in ``mix``."""
+    from stylecraft import adapters
+    from stylecraft.api import load
+    from stylecraft.evaluation import GLYPH_COLOUR, make_task, measure_glyph
+    from stylecraft.sampling import SamplingConfig, sample_tokens
+    from stylecraft.training import load_recipe, train_adapter
+    from stylecraft.world import glyph_caption
+    from stylecraft.world.oracles import load_glyph_oracle, load_oracles
+
+    style, style_folder = args.style, tempfile.mkdtemp()
+    task = make_task(style)
+    muse = load(args.model)
+    train_adapter(
+        muse, [task.reference], [task.reference_prompt], load_recipe(args.recipe), style_folder, progress=False
+    )
+    content_folder = _glyph_adapter(args, args.content_recipe, tuple(args.content_styles))
+    both = adapters.AdaptedTransformer(muse)
+    names = (both.load_adapter(style_folder, name="style"), both.load_adapter(content_folder, name="content"))
+
+    def add_routed(self, output, delta, applies=lambda adapter: True):  # a row routed to "style+content": both
+        rows = [names if r == "style+content" else (r,) for r in (self._rows or [])]
+        for name, adapter in self.styledrop.items():
+            selected = [i for i, r in enumerate(rows) if name in r]
+            if selected and applies(adapter):
+                index = torch.tensor(selected, device=output.device)
+                output = output.index_add(0, index, delta(adapter, output[index]))
+        return output
+
+    both.configs["style+content"] = both.configs["style"]  # so that route() knows the name
+    both._add_routed = add_routed.__get__(both)
+    oracles, detector = load_oracles(), load_glyph_oracle()
+    for g, lambda_a in itertools.product(args.guidance, args.lambda_a):
+        config = SamplingConfig(steps=12, guidance_scale=g, lambda_a=lambda_a)
+        tokens = sample_tokens(
+            muse,
+            [glyph_caption(GLYPH_COLOUR, style=style)],
+            config,
+            model=both,
+            adapter="style+content",
+            num_images_per_prompt=16,
+            generator=torch.Generator().manual_seed(args.seed),
+            progress=False,
+        )
+        images = [_to_pil(image) for image in muse.decode_tokens(tokens)]
+        print(f"guidance {g} λA {lambda_a}", _rounded(measure_glyph(images, style, oracles, detector)), flush=True)
+
+
+def _to_pil(image: torch.Tensor):
+    from PIL import Image
+
+    return Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+
+
 def _mix_known_shape(model, args, style: str, style_folder: str) -> None:
     """``mix`` with a content adapter on GLYPH_RENDERS flat renders of a shape the base model knows ("a large
     orange star"): the rate of images the oracles read as that shape and as ``style``, for the style adapter alone
@@ -615,6 +673,7 @@ CHECKS = {
     "adapters": adapters,
     "glyph": glyph,
     "mix": mix,
+    "stack": stack,
     "feedback": feedback,
     "round-trip": round_trip,
     "round2": round2,
