@@ -399,6 +399,41 @@ def test_edge_weighted_vq_stage_weighs_the_outline(tmp_path):
         main(["vq", "--section", "vq-edge", "--recipe", bad, "--out", str(tmp_path / "bad"), "--threads", "1"])
 
 
+def test_a_bf16_vq_stage_trains_like_fp32_and_saves_plain_weights(tmp_path, capsys):
+    import json
+
+    from safetensors.torch import load_file
+
+    from stylecraft.cli import main
+    from stylecraft.world.pretrain import reconstruct
+    from stylecraft.world.vq import WorldVQModel
+
+    recipe, losses = _later_stage_recipe(tmp_path, "vq-continue", init="shapes"), {}
+    command = ["--quiet", "world", "pretrain", "vq", "--section", "vq-continue", "--recipe", recipe, "--threads", "1"]
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        assert main([*command, "--out", str(out), "--precision", precision]) == 0
+        record = json.loads((out / "training.json").read_text())
+        assert record["recipe"]["precision"] == precision
+        losses[precision] = record["history"][0]["loss"]
+    # the same weights and the same first batch: bfloat16 convolutions move the loss a little, not a lot
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05) and losses["bf16"] != losses["fp32"]
+    weights = load_file(tmp_path / "bf16" / "vqvae" / "diffusion_pytorch_model.safetensors")
+    assert all(w.is_contiguous() for w in weights.values())  # channels-last was for training only
+    images, _ = render_batch(4, 5)
+    assert reconstruct(WorldVQModel.from_pretrained(tmp_path / "bf16" / "vqvae").eval(), images).isfinite().all()
+    with pytest.raises(SystemExit):
+        main([*command, "--out", str(tmp_path / "bad"), "--precision", "fp16"])
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err
+    bad = _later_stage_recipe(tmp_path, "vq-continue", init="shapes")
+    recipes = json.loads(open(bad).read())
+    recipes["vq-continue"]["precision"] = "half"
+    open(bad, "w").write(json.dumps(recipes))
+    command[command.index(recipe)] = bad
+    assert main([*command, "--out", str(tmp_path / "bad")]) == 2
+    assert "precision must be one of fp32, bf16, got 'half'" in capsys.readouterr().err
+
+
 def _stage_changes(run):
     """The shipped VQ, the VQ a later stage saved in ``run``, and the top-level parts whose weights it changed."""
     from stylecraft.world.vq import WorldVQModel

@@ -35,6 +35,7 @@ from .oracles import ATTRIBUTES, Oracles, load_oracles, oracle_accuracy
 RECIPES = Path(__file__).parent / "recipes.json"
 LINEAGE = "training.earlier-stages.json"  # beside a Muse's training.json: the records of the stages it continued
 EVAL_SEED = 10_000_019  # evaluation renders; training streams use the recipe's seed (small integers)
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -51,6 +52,9 @@ class Recipe:
     log_every: int = 50
     checkpoint_every: int = 500
     max_minutes: float = 0.0  # wall-clock budget (0: none); the lr schedule follows max(step, time) progress
+    # "bf16": forward and loss under CPU bfloat16 autocast, conv weights channels-last (weights and optimizer stay
+    # float32); about 2.5x faster VQ steps on a CPU with AMX (benchmarks/bench_world_precision.py). "fp32": plain.
+    precision: str = "fp32"
     eval_images: int = 1024  # fresh renders per evaluation
     model: dict = field(default_factory=dict)  # architecture keyword arguments
     extra: dict = field(default_factory=dict)  # model-specific settings (see each trainer)
@@ -66,7 +70,12 @@ def load_recipe(name: str, path: str | Path | None = None, overrides: dict | Non
     unknown = set(values) - known
     if unknown:
         raise ValueError(f"unknown recipe fields {sorted(unknown)} for {name!r}; known fields: {sorted(known)}")
-    return Recipe(**values)
+    recipe = Recipe(**values)
+    if recipe.precision not in PRECISIONS:
+        raise StylecraftError(
+            f"recipe {name!r}: precision must be one of {', '.join(PRECISIONS)}, got {recipe.precision!r}"
+        )
+    return recipe
 
 
 def learning_rate(step: int, recipe: Recipe, minutes: float = 0.0) -> float:
@@ -123,8 +132,11 @@ def train_loop(
             checkpoint,
         )
 
+    bf16 = recipe.precision == "bf16"
     for module in modules.values():
         module.train()
+        if bf16:  # oneDNN's bfloat16 convolutions are fastest on channels-last weights (a no-op for other layers)
+            module.to(memory_format=torch.channels_last)
     step = start
     for step in range(start, recipe.steps):
         minutes = (wall + time.time() - began) / 60
@@ -133,7 +145,8 @@ def train_loop(
             break
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, recipe, minutes)
-        loss, logs = step_fn(step)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss, logs = step_fn(step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -156,6 +169,7 @@ def train_loop(
     history.append({"step": step, "finished": True, "seconds": round(wall + time.time() - began, 1)})
     for module in modules.values():
         module.eval()
+        module.to(memory_format=torch.contiguous_format)  # saved weights are plain contiguous tensors
     return wall + time.time() - began, history
 
 
@@ -203,7 +217,7 @@ def _soften(x: torch.Tensor, probability: float) -> torch.Tensor:
     blur = torch.tensor([1.0, 2.0, 1.0])
     blur = (blur[:, None] * blur[None, :] / 16).expand(3, 1, 3, 3)
     soft = torch.rand(len(x)) < probability
-    x[soft] = F.conv2d(F.pad(x[soft], (1, 1, 1, 1), mode="replicate"), blur, groups=3)
+    x[soft] = F.conv2d(F.pad(x[soft], (1, 1, 1, 1), mode="replicate"), blur, groups=3).to(x.dtype)  # bf16 autocast
     return x
 
 
@@ -356,14 +370,16 @@ def train_vq(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None:
     def step_fn(step):
         images, _, distance = next(data)
         x = to_tensor(images)
-        latents = vq.encode(x).latents  # [n, c, 8, 8]
+        latents = vq.encode(x).latents.float()  # [n, c, 8, 8]; float32 also under a bf16 recipe
         if step < autoencoder_steps:
-            reconstruction = vq.decoder(vq.post_quant_conv(latents))
+            reconstruction = vq.decoder(vq.post_quant_conv(latents)).float()
             return reconstruction_loss(reconstruction, x, distance), {"phase": "autoencoder"}
-        if step == autoencoder_steps and autoencoder_steps:
-            vq.quantize.embedding.weight.data.copy_(codebook_kmeans(vq, recipe.seed, vq.config.num_vq_embeddings))
-        quantized, commit_loss, (_, _, indices) = vq.quantize(latents)
-        reconstruction = vq.decoder(vq.post_quant_conv(quantized))
+        with torch.autocast("cpu", enabled=False):  # nearest codes in float32: bfloat16 distances pick wrong codes
+            if step == autoencoder_steps and autoencoder_steps:
+                codebook = codebook_kmeans(vq, recipe.seed, vq.config.num_vq_embeddings)
+                vq.quantize.embedding.weight.data.copy_(codebook)
+            quantized, commit_loss, (_, _, indices) = vq.quantize(latents)
+        reconstruction = vq.decoder(vq.post_quant_conv(quantized)).float()
         loss = reconstruction_loss(reconstruction, x, distance)
         if not decoder_only:
             loss = loss + commit_loss
@@ -920,6 +936,9 @@ def build_parser(prog: str = "python -m stylecraft.world.pretrain") -> argparse.
     parser.add_argument("--max-minutes", type=float, help="override the recipe's wall-clock budget")
     parser.add_argument("--threads", type=int, help="override the recipe's torch CPU threads")
     parser.add_argument("--seed", type=int, help="override the recipe's seed (e.g. a second run of one recipe)")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, help="override the recipe's precision (bf16: autocast, channels-last convs)"
+    )
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument("--vq", type=Path, default=Path("runs/world/vq"), help="VQ run folder (for muse)")
     parser.add_argument(
@@ -964,7 +983,13 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     recipe = load_recipe(
         args.section or args.model,
         args.recipe,
-        {"steps": args.steps, "threads": args.threads, "max_minutes": args.max_minutes, "seed": args.seed},
+        {
+            "steps": args.steps,
+            "threads": args.threads,
+            "max_minutes": args.max_minutes,
+            "seed": args.seed,
+            "precision": args.precision,
+        },
     )
     torch.set_num_threads(recipe.threads)
     args.out.mkdir(parents=True, exist_ok=True)
