@@ -398,17 +398,22 @@ def stack(model, args) -> None:
     both = adapters.AdaptedTransformer(muse)
     names = (both.load_adapter(style_folder, name="style"), both.load_adapter(content_folder, name="content"))
 
-    def add_routed(self, output, delta, applies=lambda adapter: True):  # a row routed to "style+content": both
-        rows = [names if r == "style+content" else (r,) for r in (self._rows or [])]
-        for name, adapter in self.styledrop.items():
-            selected = [i for i, r in enumerate(rows) if name in r]
-            if selected and applies(adapter):
-                index = torch.tensor(selected, device=output.device)
-                output = output.index_add(0, index, delta(adapter, output[index]))
+    routed = both._add_routed  # the wrapper's own routing, run once per adapter of a "style+content" row
+
+    def add_routed(output, delta, applies=lambda adapter: True):
+        rows = both._rows
+        if not rows:
+            return routed(output, delta, applies)
+        try:
+            for name in names:
+                both._rows = [name if r == "style+content" else r for r in rows]
+                output = routed(output, delta, applies)
+        finally:
+            both._rows = rows
         return output
 
     both.configs["style+content"] = both.configs["style"]  # so that route() knows the name
-    both._add_routed = add_routed.__get__(both)
+    both._add_routed = add_routed
     oracles, detector = load_oracles(), load_glyph_oracle()
     for g, lambda_a in itertools.product(args.guidance, args.lambda_a):
         config = SamplingConfig(steps=12, guidance_scale=g, lambda_a=lambda_a)

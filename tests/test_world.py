@@ -401,6 +401,7 @@ def test_edge_weighted_vq_stage_weighs_the_outline(tmp_path):
 
 def test_a_bf16_vq_stage_trains_like_fp32_and_saves_plain_weights(tmp_path, capsys):
     import json
+    from pathlib import Path
 
     from safetensors.torch import load_file
 
@@ -426,9 +427,9 @@ def test_a_bf16_vq_stage_trains_like_fp32_and_saves_plain_weights(tmp_path, caps
         main([*command, "--out", str(tmp_path / "bad"), "--precision", "fp16"])
     assert "invalid choice: 'fp16'" in capsys.readouterr().err
     bad = _later_stage_recipe(tmp_path, "vq-continue", init="shapes")
-    recipes = json.loads(open(bad).read())
+    recipes = json.loads(Path(bad).read_text())
     recipes["vq-continue"]["precision"] = "half"
-    open(bad, "w").write(json.dumps(recipes))
+    Path(bad).write_text(json.dumps(recipes))
     command[command.index(recipe)] = bad
     assert main([*command, "--out", str(tmp_path / "bad")]) == 2
     assert "precision must be one of fp32, bf16, got 'half'" in capsys.readouterr().err
