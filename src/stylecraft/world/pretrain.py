@@ -6,6 +6,7 @@
     python -m stylecraft.world.pretrain clip    --out runs/world/clip
     python -m stylecraft.world.pretrain muse    --out runs/world/muse --vq runs/world/vq --clip runs/world/clip
     python -m stylecraft.world.pretrain ship    --runs runs/world      # copy the results into world/weights/
+    python -m stylecraft.world.pretrain evaluate --images 512          # the shipped VQ and Muse-mini, judged again
 
 Every run streams fresh renders (no data set on disk), uses AdamW with linear warmup + cosine decay, checkpoints
 to ``OUT/checkpoint.pt`` (``--resume`` continues from it, the data stream included, since batch ``i`` is seeded
@@ -812,6 +813,26 @@ def evaluate_muse(folder: Path, oracles: Oracles, settings: dict) -> dict:
     return result
 
 
+def evaluate_models(model: Path, oracles: Oracles, images: int, guidance: float = 2.0) -> dict:
+    """The model card's evaluations of a Muse-mini folder (aMUSEd layout) again, judged by ``oracles``: its VQ's
+    reconstructions of ``images`` fresh renders per style, and ``images`` prompts per style group for Muse-mini (the
+    fixed evaluation seeds, as in training.json). For judging a model with other oracles than it trained with."""
+    from .vq import vq_class
+
+    if not (model / "vqvae").is_dir() or not (model / "transformer").is_dir():
+        raise StylecraftError(f"{model} is not a Muse-mini folder (transformer/, vqvae/, ...); name a run's muse/")
+    config = json.loads((model / "vqvae" / "config.json").read_text())
+    vq = vq_class(config).from_pretrained(model / "vqvae", local_files_only=True).eval()
+    with torch.no_grad():
+        vq_result = evaluate_vq(vq, oracles, images)
+    return {
+        "model": str(model),
+        "vq": {key: vq_result[key] for key in ("mean_original", "mean_reconstruction", "pixel_mse")}
+        | {"per_style": {style: vq_result[style] for style in renderer.STYLES}},
+        "muse": evaluate_muse(model, oracles, {"images": images, "steps": 12, "guidance": guidance}),
+    }
+
+
 # ---- shipping -----------------------------------------------------------------------------------------------------
 def ship(
     runs: Path, vq_dir: Path, muse_run: Path | None = None, only: list[str] | None = None, clip_run: Path | None = None
@@ -928,7 +949,7 @@ def _earlier_stages(run: Path, shipped_lineage=_shipped_lineage) -> list[dict]:
 
 def build_parser(prog: str = "python -m stylecraft.world.pretrain") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
-    parser.add_argument("model", choices=["oracles", "glyph", "vq", "clip", "muse", "ship"])
+    parser.add_argument("model", choices=["oracles", "glyph", "vq", "clip", "muse", "ship", "evaluate"])
     parser.add_argument("--out", type=Path, help="run folder (weights, checkpoint.pt, training.json)")
     parser.add_argument("--section", help="recipe section to use (default: the model's name)")
     parser.add_argument("--recipe", type=Path, help=f"recipe JSON (default {RECIPES.name} in the package)")
@@ -948,8 +969,16 @@ def build_parser(prog: str = "python -m stylecraft.world.pretrain") -> argparse.
         "(default RUNS/clip)",
     )
     parser.add_argument("--runs", type=Path, default=Path("runs/world"), help="folder of runs to ship")
-    parser.add_argument("--muse", type=Path, help="Muse run folder to ship (default RUNS/muse), e.g. a later stage")
+    parser.add_argument(
+        "--muse",
+        type=Path,
+        help="Muse run folder to ship (default RUNS/muse), e.g. a later stage; for evaluate, a run or Muse-mini "
+        "folder (default: the shipped one)",
+    )
     parser.add_argument("--only", nargs="+", choices=["oracles", "glyph", "clip", "muse"], help="ship just these")
+    parser.add_argument(
+        "--images", type=int, default=128, help="evaluate: renders per style for the VQ, prompts per group for Muse"
+    )
     parser.add_argument(
         "--oracles",
         type=Path,
@@ -977,6 +1006,16 @@ def run_cli(args: argparse.Namespace) -> int:
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.model == "ship":
         ship(args.runs, args.vq, args.muse, args.only, args.clip)
+        return
+    if args.model == "evaluate":  # a model's VQ and Muse-mini again, judged by --oracles (default: the shipped)
+        model = args.muse or WEIGHTS / "muse"
+        model = model / "muse" if (model / "muse").is_dir() else model
+        torch.set_num_threads(args.threads or 2)
+        result = evaluate_models(model, evaluation_oracles(args.oracles), args.images)
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            write_json(args.out / "evaluation.json", result)
+        print(json.dumps({"vq": result["vq"]["mean_reconstruction"], "muse": result["muse"]}))
         return
     if args.out is None:
         parser.error("--out is required")
