@@ -237,6 +237,22 @@ def test_adapter_for_another_base_is_refused(muse, tmp_path):
         AdaptedTransformer(other).load_adapter(tmp_path / "ad")
 
 
+def test_adapter_on_other_weights_of_its_architecture_warns(muse, tmp_path, clip_tokenizer, caplog):
+    # e.g. an adapter of an earlier shapes-model release: same architecture, other token embeddings and codebook
+    model = AdaptedTransformer(muse)
+    model.add_adapter("a", model.new_config("styledrop", rank=2))
+    model.save_adapter("a", tmp_path / "ad")
+    assert json.loads((tmp_path / "ad" / "adapter_config.json").read_text())["base_weights"] == muse.weights_fingerprint
+    with caplog.at_level("WARNING", logger="stylecraft"):
+        AdaptedTransformer(load_muse(muse.name)).load_adapter(tmp_path / "ad")
+    assert not caplog.records  # the same weights, loaded again: no warning
+    retrained = build_random_muse("tiny", seed=1, tokenizer=clip_tokenizer)
+    assert retrained.fingerprint == muse.fingerprint and retrained.weights_fingerprint != muse.weights_fingerprint
+    with caplog.at_level("WARNING", logger="stylecraft"):
+        AdaptedTransformer(retrained).load_adapter(tmp_path / "ad")  # loads: a warning, not an error
+    assert "trained on other weights of this architecture" in caplog.text and "Train it again" in caplog.text
+
+
 def test_broken_adapter_folders(muse, tmp_path):
     model = AdaptedTransformer(muse)
     model.add_adapter("a", model.new_config("styledrop", rank=2))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import weakref
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ from torch import nn
 from .errors import StylecraftError
 from .muse import MuseModel
 
+logger = logging.getLogger("stylecraft")
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 ADAPTER_TYPES = ("styledrop", "lora", "full")  # "full": the whole transformer (a baseline)
@@ -60,7 +62,8 @@ class AdapterConfig:
     target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v"])  # LoRA targets
     extra_sites: list[str] = field(default_factory=list)  # styledrop: more modules (paths) with an adapter each
     base_model: str = ""  # the base model's id / folder / built-in name
-    base_fingerprint: str = ""  # MuseModel.fingerprint of that base
+    base_fingerprint: str = ""  # MuseModel.fingerprint of that base (its architecture)
+    base_weights: str = ""  # MuseModel.weights_fingerprint of that base (its token embeddings and VQ codebook)
     num_layers: int = 0  # transformer layers of the base
     hidden_size: int = 0  # transformer width D of the base
     prompts: list[str] = field(default_factory=list)  # training prompts
@@ -125,6 +128,7 @@ class AdaptedTransformer(nn.Module):
         self.peft_names: dict[str, str] = {}  # LoRA adapter name -> its name inside the base model's peft layers
         self.configs: dict[str, AdapterConfig] = {}
         self.base_name, self.base_fingerprint = muse.name, muse.fingerprint
+        self.base_weights = muse.weights_fingerprint
         self._rows: list[str | None] | None = None
         # The hooks live on the base transformer, once however many wrappers share it, and act for the wrapper that
         # is routing the current forward (none: they pass the base output through). Hooks bound to each wrapper
@@ -150,6 +154,7 @@ class AdaptedTransformer(nn.Module):
             shared=shared,
             base_model=self.base_name,
             base_fingerprint=self.base_fingerprint,
+            base_weights=self.base_weights,
             num_layers=config.num_hidden_layers,
             hidden_size=config.hidden_size,
             **kwargs,
@@ -232,6 +237,16 @@ class AdaptedTransformer(nn.Module):
                 f"adapter {name!r} was trained on base model {config.base_model!r} (fingerprint "
                 f"{config.base_fingerprint}), but this model is {self.base_name!r} ({self.base_fingerprint}); "
                 f"load it with --model {config.base_model}"
+            )
+        if config.base_weights and config.base_weights != self.base_weights:
+            logger.warning(
+                "adapter %r was trained on other weights of this architecture (%s, weights %s; this model's are %s), "
+                "e.g. an earlier release of the shapes model: its samples will not be what it was trained to draw. "
+                "Train it again on this model",
+                name,
+                config.base_model,
+                config.base_weights,
+                self.base_weights,
             )
 
     def is_full(self, name: str) -> bool:

@@ -170,6 +170,16 @@ class MuseModel:
         return self.transformer.config.sample_size * self.vae_scale_factor
 
     @property
+    def weights_fingerprint(self) -> str:
+        """Hash of the weights that tie an adapter to its base: the transformer's token embeddings and the VQ's
+        codebook (what each token id means). Two releases of one architecture (e.g. a retrained shapes model) share
+        ``fingerprint`` but not this; adapters record it and warn when loaded onto other weights."""
+        digest = hashlib.sha256()
+        for tensor in (self.transformer.embed.embeddings.weight, self.vqvae.quantize.embedding.weight):
+            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    @property
     def fingerprint(self) -> str:
         """Hash of the architecture (all three configs): adapters record it and refuse another base."""
         configs = {
