@@ -41,7 +41,7 @@ def _add_sampling(parser: argparse.ArgumentParser) -> None:
         "--lambda-a",
         type=float,
         default=None,
-        help="StyleDrop Eq. 4 style guidance λA with --adapter (default: the model's, 0.25 for shapes, 0 otherwise)",
+        help="StyleDrop Eq. 4 style guidance λA with --adapter (default: the model's, 0.5 for shapes, 0 otherwise)",
     )
     parser.add_argument("--lambda-b", type=float, default=None, help="StyleDrop Eq. 4 text guidance λB (= guidance-1)")
     parser.add_argument("--temperature", type=float, nargs="+", default=[2.0, 0.0], help="start [end] (default 2 0)")
@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--guidance", type=float, default=None, help="CFG scale of the candidates (default: the model's, 2 or 10)"
     )
     p.add_argument(
-        "--lambda-a", type=float, default=None, help="StyleDrop λA of the candidates (default: the model's, 0.25 or 0)"
+        "--lambda-a", type=float, default=None, help="StyleDrop λA of the candidates (default: the model's, 0.5 or 0)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of candidates and random selection")
     p.add_argument("--clip", default=None, help="CLIPModel for the scores (default: the shapes world's mini CLIP)")
