@@ -37,9 +37,9 @@ WEIGHTS = Path(__file__).parent / "weights"
 # with these (development seed 777, 32 images per style; `python scripts/muse_dev_checks.py adapters --guidance 10 2
 # --lambda-a 0 0.25 --images-per-prompt 4`).
 # CFG 2: a sweep of 1-5 on the base model (seed 777, `python scripts/muse_dev_checks.py guidance`). StyleDrop's λA
-# 0.5: on the Muse-mini and oracles shipped 2026-11-30 it beat 0.25 on style and content on each of the sampling
-# seeds 777, 778 and 780 (Round-1 style 0.75 / 0.72 / 0.77 against 0.68 / 0.60 / 0.68, content 0.87 / 0.87 / 0.82
-# against 0.83 / 0.88 / 0.80), where 0.75 gave more style and less content (never EVAL_SEED; `python
+# 0.5: on the Muse-mini and oracles shipped 2026-11-30 it beat 0.25 on style on each of the sampling seeds 777, 778
+# and 780 (Round-1 style 0.75 / 0.72 / 0.77 against 0.68 / 0.60 / 0.68) and on content on two of them (0.87 / 0.87 /
+# 0.82 against 0.83 / 0.88 / 0.80), where 0.75 gave more style and less content (never EVAL_SEED; `python
 # scripts/muse_dev_checks.py adapters --recipe shapes-round1-head --lambda-a 0.25 0.5 0.75 --images-per-prompt 4
 # --seed S`). On the models before, 0.25 had beaten 0, 0.5, 0.75 and 1 on content (seeds 777 and 779).
 SAMPLING = {"guidance_scale": 2.0, "lambda_a": 0.5}
