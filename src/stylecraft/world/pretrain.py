@@ -950,7 +950,9 @@ def _earlier_stages(run: Path, shipped_lineage=_shipped_lineage) -> list[dict]:
 def build_parser(prog: str = "python -m stylecraft.world.pretrain") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     parser.add_argument("model", choices=["oracles", "glyph", "vq", "clip", "muse", "ship", "evaluate"])
-    parser.add_argument("--out", type=Path, help="run folder (weights, checkpoint.pt, training.json)")
+    parser.add_argument(
+        "--out", type=Path, help="run folder (weights, checkpoint.pt, training.json); for evaluate, evaluation.json's"
+    )
     parser.add_argument("--section", help="recipe section to use (default: the model's name)")
     parser.add_argument("--recipe", type=Path, help=f"recipe JSON (default {RECIPES.name} in the package)")
     parser.add_argument("--steps", type=int, help="override the recipe's step count")
