@@ -835,5 +835,5 @@ def test_evaluate_judges_a_model_folder_again_and_refuses_other_folders(tmp_path
     assert result["vq"]["mean_original"]["colour"] >= 0.9  # the oracles read 2 renders of each style
     assert result["muse"]["sampler"] == {"steps": 12, "guidance_scale": 2.0, "images": 2}
     assert set(result["muse"]) == {"sampler", "seen", "held_out"}
-    with pytest.raises(SystemExit, match="is not a Muse-mini folder"):
+    with pytest.raises(SystemExit, match="is not an aMUSEd-layout folder: missing transformer/"):
         main(["evaluate", "--muse", str(tmp_path), "--images", "2"])

@@ -817,12 +817,9 @@ def evaluate_models(model: Path, oracles: Oracles, images: int, guidance: float 
     """The model card's evaluations of a Muse-mini folder (aMUSEd layout) again, judged by ``oracles``: its VQ's
     reconstructions of ``images`` fresh renders per style, and ``images`` prompts per style group for Muse-mini (the
     fixed evaluation seeds, as in training.json). For judging a model with other oracles than it trained with."""
-    from .vq import vq_class
+    from ..muse import load_muse
 
-    if not (model / "vqvae").is_dir() or not (model / "transformer").is_dir():
-        raise StylecraftError(f"{model} is not a Muse-mini folder (transformer/, vqvae/, ...); name a run's muse/")
-    config = json.loads((model / "vqvae" / "config.json").read_text())
-    vq = vq_class(config).from_pretrained(model / "vqvae", local_files_only=True).eval()
+    vq = load_muse(str(model)).vqvae.eval()  # refuses a folder without the aMUSEd layout, naming what is missing
     with torch.no_grad():
         vq_result = evaluate_vq(vq, oracles, images)
     return {
