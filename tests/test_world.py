@@ -837,3 +837,5 @@ def test_evaluate_judges_a_model_folder_again_and_refuses_other_folders(tmp_path
     assert set(result["muse"]) == {"sampler", "seen", "held_out"}
     with pytest.raises(SystemExit, match="is not an aMUSEd-layout folder: missing transformer/"):
         main(["evaluate", "--muse", str(tmp_path), "--images", "2"])
+    with pytest.raises(SystemExit, match="--images must be at least 1"):
+        main(["evaluate", "--images", "0"])

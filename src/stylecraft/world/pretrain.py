@@ -1007,6 +1007,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         ship(args.runs, args.vq, args.muse, args.only, args.clip)
         return
     if args.model == "evaluate":  # a model's VQ and Muse-mini again, judged by --oracles (default: the shipped)
+        if args.images < 1:
+            raise StylecraftError(
+                f"--images must be at least 1 (renders per style, prompts per group), got {args.images}"
+            )
         model = args.muse or WEIGHTS / "muse"
         model = model / "muse" if (model / "muse").is_dir() else model
         torch.set_num_threads(args.threads or 2)
