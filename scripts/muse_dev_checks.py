@@ -22,6 +22,9 @@ notes' diagnoses. Each prints oracle accuracies; none writes anything.
                                                                # S.. (glyph renders in these seen styles;
                                                                # --plain-captions: captions never name them),
                                                                # --recipe R (the style adapter's; shapes-round1)
+    python scripts/muse_dev_checks.py mix-steps                # two adapters with γ changing over the steps, and
+                                                               # the content adapter as a guidance term over
+                                                               # --lambda-c (not Eq. 5-6 as written) (777)
     python scripts/muse_dev_checks.py stack                    # style and content adapter summed in one forward
                                                                # (not Eq. 5-6), over --guidance, --lambda-a (777)
     python scripts/muse_dev_checks.py feedback --lambda-a 1    # Round 1 vs Round 2 (CLIP picks), candidates
@@ -222,7 +225,7 @@ def adapters(model, args) -> None:
     from stylecraft.world.oracles import load_oracles
 
     oracles = load_oracles()
-    settings = [(g, lambda_a) for g in args.guidance for lambda_a in args.lambda_a]
+    settings = [(g, lambda_a, t) for g in args.guidance for lambda_a in args.lambda_a for t in args.temperature]
     results: dict[tuple, list[dict]] = {s: [] for s in settings}
     for style in HELD_OUT_STYLES:
         task, muse = make_task(style), load(args.model)
@@ -234,15 +237,17 @@ def adapters(model, args) -> None:
             tempfile.mkdtemp(),
             progress=False,
         )
-        for g, lambda_a in settings:
-            config = SamplingConfig(steps=args.sampling_steps, guidance_scale=g, lambda_a=lambda_a)
+        for g, lambda_a, t in settings:
+            config = SamplingConfig(
+                steps=args.sampling_steps, guidance_scale=g, lambda_a=lambda_a, temperature=[t, 0.0]
+            )
             n = args.images_per_prompt or 2
             images, prompts = generate(muse, task.prompts, n, config, model=adapted, adapter="adapter", seed=args.seed)
             metrics = measure(images, prompts, task, oracles)
-            results[(g, lambda_a)].append(metrics)
-            print(style, f"guidance {g} λA {lambda_a}", _rounded(metrics), flush=True)
-    for (g, lambda_a), rows in results.items():
-        print("mean", f"guidance {g} λA {lambda_a}", _rounded(_mean(rows)), flush=True)
+            results[(g, lambda_a, t)].append(metrics)
+            print(style, f"guidance {g} λA {lambda_a} temperature {t}", _rounded(metrics), flush=True)
+    for (g, lambda_a, t), rows in results.items():
+        print("mean", f"guidance {g} λA {lambda_a} temperature {t}", _rounded(_mean(rows)), flush=True)
 
 
 # Parts of the transformer a full fine-tune may change in `full-parts` (top-level module names; None: all of it)
@@ -374,6 +379,105 @@ def mix(model, args) -> None:
                 _rounded(measure_glyph(images, style, load_oracles(), load_glyph_oracle())),
                 flush=True,
             )
+
+
+# γ over the decoding steps for `mix-steps`: name -> γ at the fraction f of the steps done (0 first, 1 last)
+GAMMA_SCHEDULES = {
+    "γ 0.5 throughout (Eq. 5-6)": lambda f: 0.5,
+    "γ 0.9 -> 0.1 (content early)": lambda f: 0.9 - 0.8 * f,
+    "γ 0.1 -> 0.9 (style early)": lambda f: 0.1 + 0.8 * f,
+    "γ 1 for the first quarter, then 0.2": lambda f: 1.0 if f < 0.25 else 0.2,
+    "γ 1 for the first quarter, then 0": lambda f: 1.0 if f < 0.25 else 0.0,
+    "γ 0 for the first quarter, then 0.8": lambda f: 0.0 if f < 0.25 else 0.8,
+    "γ 1 for the first half, then 0.2": lambda f: 1.0 if f < 0.5 else 0.2,
+}
+
+
+@torch.no_grad()
+def _two_adapter_images(muse, model, groups, combine, n: int, seed: int, steps: int = 12):
+    """``n`` images decoded like ``sampling.sample_tokens`` but with the guidance terms ``groups`` ((prompt, adapter
+    name or None) pairs, one forward) combined by ``combine(fraction of steps done, logits of each group)``."""
+    from stylecraft.io import to_pil_images
+    from stylecraft.sampling import _condition, _denoise
+
+    texts = list(dict.fromkeys(t for t, _ in groups))
+    pooled_all, hidden_all = muse.encode_prompts(texts)
+    rows_of = [texts.index(t) for t, _ in groups]
+    pooled = torch.cat([pooled_all[[i]].repeat(n, 1) for i in rows_of])
+    hidden = torch.cat([hidden_all[[i]].repeat(n, 1, 1) for i in rows_of])
+    rows = [name for _, name in groups for _ in range(n)]
+    micro = muse.micro_conds(len(rows), muse.resolution, muse.resolution)
+    condition = _condition(muse, hidden, pooled, micro)
+    side = muse.resolution // muse.vae_scale_factor
+    latents = torch.full((n, side, side), muse.mask_token_id, dtype=torch.long, device=muse.device)
+    muse.scheduler.set_timesteps(steps, (2.0, 0.0), muse.device)
+    generator = torch.Generator().manual_seed(seed)
+    for k, timestep in enumerate(muse.scheduler.timesteps):
+        with model.route(rows):
+            logits = _denoise(muse, torch.cat([latents] * len(groups)), condition)
+        mixed = combine(k / max(steps - 1, 1), logits.chunk(len(groups)))
+        latents = muse.scheduler.step(model_output=mixed, timestep=timestep, sample=latents, generator=generator)
+        latents = latents.prev_sample
+    return to_pil_images(muse.decode_tokens(latents))
+
+
+def mix_steps(model, args) -> None:
+    """Two adapters beyond a fixed γ (not Eq. 5-6 as the paper writes it): γ that changes over the decoding steps
+    (GAMMA_SCHEDULES), and the content adapter added as a guidance term, CFG + (λA + 1)-weighted style adapter
+    (Eq. 4) + λC (content adapter - base) on the content prompt, over ``--lambda-c``. Adapters as in
+    ``eval-two-adapters``; 16 images each, seed ``--seed``; the glyph detector, style and colour as in ``mix``."""
+    from PIL import Image
+
+    from stylecraft.adapters import AdaptedTransformer
+    from stylecraft.api import load
+    from stylecraft.evaluation import GLYPH_COLOUR, GLYPH_RENDERS, GUIDANCE, LAMBDA_A, make_task, measure_glyph
+    from stylecraft.training import load_recipe, train_adapter
+    from stylecraft.world import glyph_caption, render_glyphs
+    from stylecraft.world.oracles import load_glyph_oracle, load_oracles
+
+    style, folder = args.style, Path(tempfile.mkdtemp())
+    glyphs, _ = render_glyphs(GLYPH_RENDERS, seed=0, colour=GLYPH_COLOUR, size="large", styles=("flat color",))
+    content = glyph_caption(GLYPH_COLOUR)
+    images = [Image.fromarray(a) for a in glyphs]
+    recipe = load_recipe("shapes-round1-unshifted")
+    train_adapter(load(args.model), images, [content] * GLYPH_RENDERS, recipe, folder / "content", progress=False)
+    task = make_task(style)
+    recipe = load_recipe(args.recipe)
+    train_adapter(load(args.model), [task.reference], [task.reference_prompt], recipe, folder / "style", progress=False)
+    both = AdaptedTransformer(model)
+    both.load_adapter(folder / "style", name="style")
+    both.load_adapter(folder / "content", name="content")
+    oracles, detector, prompt, g = (
+        load_oracles(),
+        load_glyph_oracle(),
+        glyph_caption(GLYPH_COLOUR, style=style),
+        GUIDANCE,
+    )
+
+    def report(name: str, images) -> None:
+        print(name, _rounded(measure_glyph(images, style, oracles, detector)), flush=True)
+
+    mixed_groups = [(prompt, "style"), ("", "style"), (content, "content"), ("", "content")]
+    for name, gamma_at in GAMMA_SCHEDULES.items():
+
+        def eq5_6(f, parts, gamma_at=gamma_at):
+            style_t, style_n, content_c, content_n = parts
+            gamma = gamma_at(f)
+            return (1 - gamma) * (style_n + g * (style_t - style_n)) + gamma * (content_n + g * (content_c - content_n))
+
+        report(name, _two_adapter_images(model, both, mixed_groups, eq5_6, 16, args.seed))
+    guided_groups = [(prompt, "style"), (prompt, None), ("", None), (content, "content"), (content, None)]
+    for lambda_c in args.lambda_c:
+
+        def guided(f, parts, lambda_c=lambda_c):
+            style_t, base_t, base_n, content_c, base_c = parts
+            eq4 = style_t + LAMBDA_A * (style_t - base_t) + (g - 1) * (base_t - base_n)
+            return eq4 + lambda_c * (content_c - base_c)
+
+        report(
+            f"Eq. 4 + λC {lambda_c} (content adapter - base)",
+            _two_adapter_images(model, both, guided_groups, guided, 16, args.seed),
+        )
 
 
 def stack(model, args) -> None:
@@ -679,6 +783,7 @@ CHECKS = {
     "glyph": glyph,
     "mix": mix,
     "stack": stack,
+    "mix-steps": mix_steps,
     "feedback": feedback,
     "round-trip": round_trip,
     "round2": round2,
@@ -712,6 +817,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", help="`compare`: Muse folders to compare (default: the shipped one)")
     parser.add_argument("--sampling-steps", type=int, default=12, help="`adapters`: decoding steps")
     parser.add_argument(
+        "--temperature", type=float, nargs="+", default=[2.0], help="`adapters`: sampler start temperatures (end 0)"
+    )
+    parser.add_argument(
         "--images-per-prompt", type=int, default=None, help="images per prompt: `adapters` (default 2), `round2` (4)"
     )
     parser.add_argument("--all-repeats", action="store_true", help="`round2`: the candidates of every repeat")
@@ -724,6 +832,9 @@ def main() -> None:
         "--plain-captions", action="store_true", help="`mix`: glyph captions never name the renders' style"
     )
     parser.add_argument("--gamma", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.85], help="`mix`: γ values")
+    parser.add_argument(
+        "--lambda-c", type=float, nargs="+", default=[1.0, 2.0, 4.0], help="`mix-steps`: content guidance weights"
+    )
     parser.add_argument("--style", default="neon glow", help="`mix`: the held-out style of the style adapter")
     parser.add_argument(
         "--content-shape", default=None, help="`mix`: a known shape (e.g. star) for the content adapter, not the glyph"
