@@ -20,7 +20,9 @@ notes' diagnoses. Each prints oracle accuracies; none writes anything.
     python scripts/muse_dev_checks.py mix                      # Eq. 5-6 over γ, content recipe shapes-round2 (777);
                                                                # --gamma G.., --content-recipe R, --content-styles
                                                                # S.. (glyph renders in these seen styles;
-                                                               # --plain-captions: captions never name them),
+                                                               # --plain-captions: captions never name them;
+                                                               # --full-content-prompt: the content adapter
+                                                               # reads the style's name too),
                                                                # --recipe R (the style adapter's; shapes-round1)
     python scripts/muse_dev_checks.py mix-steps                # two adapters with γ changing over the steps, and
                                                                # the content adapter as a guidance term over
@@ -361,24 +363,53 @@ def mix(model, args) -> None:
         _mix_known_shape(model, args, style, style_folder)
         return
     content_folder = _glyph_adapter(args, args.content_recipe, tuple(args.content_styles))
+    prompt = glyph_caption(GLYPH_COLOUR, style=style)
     for g in args.guidance:
         for gamma in args.gamma:
-            images = sample(
-                model,
-                [glyph_caption(GLYPH_COLOUR, style=style)],
-                config=SamplingConfig(steps=12, guidance_scale=g, gamma=gamma),
-                style_adapter=style_folder,
-                content_adapter=content_folder,
-                style_descriptor=style,
-                num_images=16,
-                seed=args.seed,
-                progress=False,
-            )
+            config = SamplingConfig(steps=12, guidance_scale=g, gamma=gamma)
+            if args.full_content_prompt:  # not Eq. 5-6 as written: the content adapter also reads the style's name
+                images = _mixed_with_prompt(model, prompt, config, style_folder, content_folder, args.seed)
+            else:
+                images = sample(
+                    model,
+                    [prompt],
+                    config=config,
+                    style_adapter=style_folder,
+                    content_adapter=content_folder,
+                    style_descriptor=style,
+                    num_images=16,
+                    seed=args.seed,
+                    progress=False,
+                )
             print(
                 f"guidance {g} γ {gamma}",
                 _rounded(measure_glyph(images, style, load_oracles(), load_glyph_oracle())),
                 flush=True,
             )
+
+
+def _mixed_with_prompt(muse, prompt: str, config, style_folder: str, content_folder: str, seed: int):
+    """16 images of Eq. 5-6 where both adapters read ``prompt`` (the style's name included)."""
+    from stylecraft.adapters import AdaptedTransformer
+    from stylecraft.io import to_pil_images
+    from stylecraft.sampling import sample_images
+
+    both = AdaptedTransformer(muse)
+    both.load_adapter(style_folder, name="style")
+    both.load_adapter(content_folder, name="content")
+    images = sample_images(
+        muse,
+        [prompt],
+        config,
+        model=both,
+        style_adapter="style",
+        content_adapter="content",
+        content_prompts=[prompt],
+        num_images_per_prompt=16,
+        generator=torch.Generator().manual_seed(seed),
+        progress=False,
+    )
+    return to_pil_images(images)
 
 
 # γ over the decoding steps for `mix-steps`: name -> γ at the fraction f of the steps done (0 first, 1 last)
@@ -830,6 +861,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--plain-captions", action="store_true", help="`mix`: glyph captions never name the renders' style"
+    )
+    parser.add_argument(
+        "--full-content-prompt", action="store_true", help="`mix`: the content adapter reads the style's name too"
     )
     parser.add_argument("--gamma", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.85], help="`mix`: γ values")
     parser.add_argument(
