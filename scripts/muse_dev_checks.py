@@ -454,9 +454,10 @@ def _two_adapter_images(muse, model, groups, combine, n: int, seed: int, steps: 
 
 def mix_steps(model, args) -> None:
     """Two adapters beyond a fixed γ (not Eq. 5-6 as the paper writes it): γ that changes over the decoding steps
-    (GAMMA_SCHEDULES), and the content adapter added as a guidance term, CFG + (λA + 1)-weighted style adapter
-    (Eq. 4) + λC (content adapter - base) on the content prompt, over ``--lambda-c``. Adapters as in
-    ``eval-two-adapters``; 16 images each, seed ``--seed``; the glyph detector, style and colour as in ``mix``."""
+    (GAMMA_SCHEDULES), and the content adapter added as a guidance term: the style adapter's Eq. 4 (λA
+    ``evaluation.LAMBDA_A``) + λC (content adapter - base, both on the content prompt), over ``--lambda-c``.
+    Adapters as in ``eval-two-adapters``; 16 images each, seed ``--seed``; the glyph detector, style and colour as
+    in ``mix``."""
     from PIL import Image
 
     from stylecraft.adapters import AdaptedTransformer
