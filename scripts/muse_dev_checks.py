@@ -54,6 +54,7 @@ import argparse
 import itertools
 import shutil
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -368,7 +369,7 @@ def mix(model, args) -> None:
         for gamma in args.gamma:
             config = SamplingConfig(steps=12, guidance_scale=g, gamma=gamma)
             if args.full_content_prompt:  # not Eq. 5-6 as written: the content adapter also reads the style's name
-                images = _mixed_with_prompt(model, prompt, config, style_folder, content_folder, args.seed)
+                images = _mixed_with_prompt(model, prompt, g, gamma, style_folder, content_folder, args.seed)
             else:
                 images = sample(
                     model,
@@ -386,30 +387,6 @@ def mix(model, args) -> None:
                 _rounded(measure_glyph(images, style, load_oracles(), load_glyph_oracle())),
                 flush=True,
             )
-
-
-def _mixed_with_prompt(muse, prompt: str, config, style_folder: str, content_folder: str, seed: int):
-    """16 images of Eq. 5-6 where both adapters read ``prompt`` (the style's name included)."""
-    from stylecraft.adapters import AdaptedTransformer
-    from stylecraft.io import to_pil_images
-    from stylecraft.sampling import sample_images
-
-    both = AdaptedTransformer(muse)
-    both.load_adapter(style_folder, name="style")
-    both.load_adapter(content_folder, name="content")
-    images = sample_images(
-        muse,
-        [prompt],
-        config,
-        model=both,
-        style_adapter="style",
-        content_adapter="content",
-        content_prompts=[prompt],
-        num_images_per_prompt=16,
-        generator=torch.Generator().manual_seed(seed),
-        progress=False,
-    )
-    return to_pil_images(images)
 
 
 # γ over the decoding steps for `mix-steps`: name -> γ at the fraction f of the steps done (0 first, 1 last)
@@ -452,33 +429,45 @@ def _two_adapter_images(muse, model, groups, combine, n: int, seed: int, steps: 
     return to_pil_images(muse.decode_tokens(latents))
 
 
+def _mixed_with_prompt(muse, prompt: str, g: float, gamma: float, style_folder, content_folder, seed: int):
+    """16 images of Eq. 5-6 where both adapters read ``prompt`` (the style's name included)."""
+    from stylecraft.adapters import AdaptedTransformer
+
+    both = AdaptedTransformer(muse)
+    both.load_adapter(style_folder, name="style")
+    both.load_adapter(content_folder, name="content")
+    groups = [(prompt, "style"), ("", "style"), (prompt, "content"), ("", "content")]
+    return _two_adapter_images(muse, both, groups, partial(_eq5_6, g=g, gamma_at=lambda f: gamma), 16, seed)
+
+
+def _eq5_6(f: float, parts, g: float, gamma_at) -> torch.Tensor:
+    """StyleDrop Eq. 5-6 on the logits of (style adapter on t, on n, content adapter on c, on n), γ = gamma_at(f)."""
+    style_t, style_n, content_c, content_n = parts
+    gamma = gamma_at(f)
+    return (1 - gamma) * (style_n + g * (style_t - style_n)) + gamma * (content_n + g * (content_c - content_n))
+
+
 def mix_steps(model, args) -> None:
     """Two adapters beyond a fixed γ (not Eq. 5-6 as the paper writes it): γ that changes over the decoding steps
     (GAMMA_SCHEDULES), and the content adapter added as a guidance term: the style adapter's Eq. 4 (λA
     ``evaluation.LAMBDA_A``) + λC (content adapter - base, both on the content prompt), over ``--lambda-c``.
     Adapters as in ``eval-two-adapters``; 16 images each, seed ``--seed``; the glyph detector, style and colour as
     in ``mix``."""
-    from PIL import Image
-
     from stylecraft.adapters import AdaptedTransformer
     from stylecraft.api import load
-    from stylecraft.evaluation import GLYPH_COLOUR, GLYPH_RENDERS, GUIDANCE, LAMBDA_A, make_task, measure_glyph
+    from stylecraft.evaluation import GLYPH_COLOUR, GUIDANCE, LAMBDA_A, make_task, measure_glyph
     from stylecraft.training import load_recipe, train_adapter
-    from stylecraft.world import glyph_caption, render_glyphs
+    from stylecraft.world import glyph_caption
     from stylecraft.world.oracles import load_glyph_oracle, load_oracles
 
-    style, folder = args.style, Path(tempfile.mkdtemp())
-    glyphs, _ = render_glyphs(GLYPH_RENDERS, seed=0, colour=GLYPH_COLOUR, size="large", styles=("flat color",))
-    content = glyph_caption(GLYPH_COLOUR)
-    images = [Image.fromarray(a) for a in glyphs]
-    recipe = load_recipe("shapes-round1-unshifted")
-    train_adapter(load(args.model), images, [content] * GLYPH_RENDERS, recipe, folder / "content", progress=False)
+    style, style_folder, content = args.style, tempfile.mkdtemp(), glyph_caption(GLYPH_COLOUR)
+    content_folder = _glyph_adapter(args, "shapes-round1-unshifted", tuple(args.content_styles))
     task = make_task(style)
     recipe = load_recipe(args.recipe)
-    train_adapter(load(args.model), [task.reference], [task.reference_prompt], recipe, folder / "style", progress=False)
+    train_adapter(load(args.model), [task.reference], [task.reference_prompt], recipe, style_folder, progress=False)
     both = AdaptedTransformer(model)
-    both.load_adapter(folder / "style", name="style")
-    both.load_adapter(folder / "content", name="content")
+    both.load_adapter(style_folder, name="style")
+    both.load_adapter(content_folder, name="content")
     oracles, detector, prompt, g = (
         load_oracles(),
         load_glyph_oracle(),
@@ -491,12 +480,7 @@ def mix_steps(model, args) -> None:
 
     mixed_groups = [(prompt, "style"), ("", "style"), (content, "content"), ("", "content")]
     for name, gamma_at in GAMMA_SCHEDULES.items():
-
-        def eq5_6(f, parts, gamma_at=gamma_at):
-            style_t, style_n, content_c, content_n = parts
-            gamma = gamma_at(f)
-            return (1 - gamma) * (style_n + g * (style_t - style_n)) + gamma * (content_n + g * (content_c - content_n))
-
+        eq5_6 = partial(_eq5_6, g=g, gamma_at=gamma_at)
         report(name, _two_adapter_images(model, both, mixed_groups, eq5_6, 16, args.seed))
     guided_groups = [(prompt, "style"), (prompt, None), ("", None), (content, "content"), (content, None)]
     for lambda_c in args.lambda_c:
