@@ -132,3 +132,44 @@ def test_shift_grid_moves_the_grid_and_repeats_its_edges():
     offsets = shift_offsets(1)
     assert offsets[0] == (0, 0) and len(offsets) == len(set(offsets)) == 9
     assert shift_offsets(0) == [(0, 0)]
+
+
+def test_a_model_folder_says_what_it_is(tmp_path, tiny_muse_dir):
+    """model_index.json (diffusers' index plus our "_stylecraft" defaults) decides the classes and settings a folder
+    loads with; muse.py knows nothing of the shapes world (issue 31)."""
+    import ast
+    from pathlib import Path
+
+    import stylecraft.muse
+    from stylecraft.training import default_recipe
+
+    tree = ast.parse(Path(stylecraft.muse.__file__).read_text())
+    imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in imported if "world" in m]
+
+    muse = load_muse(tiny_muse_dir)
+    muse.sampling_defaults, muse.recipes = {"guidance_scale": 3.0, "lambda_a": 0.25}, {"round1": "shapes-round1"}
+    muse.save_pretrained(tmp_path / "m")
+    index = json.loads((tmp_path / "m" / "model_index.json").read_text())
+    assert index["transformer"] == ["diffusers", "UVit2DModel"] and index["vqvae"] == ["diffusers", "VQModel"]
+    reloaded = load_muse(tmp_path / "m")
+    assert reloaded.sampling_defaults == {"guidance_scale": 3.0, "lambda_a": 0.25}
+    assert default_recipe(str(tmp_path / "m")) == "shapes-round1"
+    assert default_recipe(str(tmp_path / "m"), "round2") == "round2"  # not named: the paper's
+
+    # a folder may name only diffusers or stylecraft classes, of the right kind, and well-formed settings
+    for entry, match in (
+        (["os", "system"], "only diffusers and stylecraft"),
+        (["diffusers", "VQModel"], "not a UVit2DModel"),
+        ("UVit2DModel", "must be \\[library, class\\]"),
+    ):
+        (tmp_path / "m" / "model_index.json").write_text(json.dumps({**index, "transformer": entry}))
+        with pytest.raises(StylecraftError, match=match):
+            load_muse(tmp_path / "m")
+    (tmp_path / "m" / "model_index.json").write_text(json.dumps({**index, "_stylecraft": {"sampling": {"cfg": 1}}}))
+    with pytest.raises(StylecraftError, match="_stylecraft"):
+        load_muse(tmp_path / "m")
+    (tmp_path / "m" / "model_index.json").write_text("{not json")
+    with pytest.raises(StylecraftError, match="not valid JSON"):
+        load_muse(tmp_path / "m")

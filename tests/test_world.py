@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from stylecraft.errors import StylecraftError
 from stylecraft.world import (
     COLOUR_NAMES,
     HELD_OUT_STYLES,
@@ -237,7 +238,7 @@ def test_shipped_weights_are_small_safetensors():
 def test_world_vq_saves_loads_and_decodes_like_a_vqmodel(tmp_path, residual_levels):
     from diffusers import VQModel
 
-    from stylecraft.muse import _vq_class
+    from stylecraft.muse import _component_class
     from stylecraft.world.vq import WorldVQModel, _Residual
 
     torch.manual_seed(0)
@@ -253,7 +254,12 @@ def test_world_vq_saves_loads_and_decodes_like_a_vqmodel(tmp_path, residual_leve
     with pytest.raises(ValueError, match="decoder_residual_levels must be between 1 and 4"):
         WorldVQModel(block_out_channels=(8, 8, 16, 16), decoder_residual_levels=5)
     vq.save_pretrained(tmp_path / "vqvae")
-    assert _vq_class(tmp_path) is WorldVQModel  # the loader picks the class the config names
+    # the loader picks the class the folder's model_index.json names, and refuses a subclass it does not name
+    assert (
+        _component_class(tmp_path, {"vqvae": ["stylecraft.world.vq", "WorldVQModel"]}, "vqvae", VQModel) is WorldVQModel
+    )
+    with pytest.raises(StylecraftError, match="needs a model_index.json"):
+        _component_class(tmp_path, {}, "vqvae", VQModel)
     loaded = WorldVQModel.from_pretrained(tmp_path / "vqvae", local_files_only=True).eval()
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
@@ -269,7 +275,7 @@ def test_world_vq_saves_loads_and_decodes_like_a_vqmodel(tmp_path, residual_leve
 def test_world_transformer_knows_where_each_token_is_and_saves_like_a_uvit(tmp_path):
     from diffusers import UVit2DModel
 
-    from stylecraft.muse import _transformer_class
+    from stylecraft.muse import _component_class
     from stylecraft.world.transformer import WorldUVit2DModel
 
     config = dict(
@@ -300,7 +306,8 @@ def test_world_transformer_knows_where_each_token_is_and_saves_like_a_uvit(tmp_p
     assert not torch.allclose(centre, centre[:, :1].expand_as(centre), atol=1e-4)
 
     world.save_pretrained(tmp_path / "transformer")
-    assert _transformer_class(tmp_path) is WorldUVit2DModel  # the loader picks the class the config names
+    index = {"transformer": ["stylecraft.world.transformer", "WorldUVit2DModel"]}
+    assert _component_class(tmp_path, index, "transformer", UVit2DModel) is WorldUVit2DModel  # the index names it
     loaded = WorldUVit2DModel.from_pretrained(tmp_path / "transformer", local_files_only=True).eval()
     assert torch.allclose(interior_logits(loaded), centre, atol=1e-5)
     with pytest.raises(ValueError, match="position table"):

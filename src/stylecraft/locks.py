@@ -35,7 +35,9 @@ def folder_lock(folder: str | Path, what: str = "writing") -> Iterator[None]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as err:
-        raise StylecraftError(f"cannot create {path} ({err.strerror}); pick an --out in a folder you can write to")
+        raise StylecraftError(
+            f"cannot create {path} ({err.strerror}); pick an --out in a folder you can write to"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:

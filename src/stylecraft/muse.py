@@ -9,6 +9,7 @@ tokenizer/, scheduler/) or a built-in name, and provides the operations training
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -131,9 +132,12 @@ ARCHITECTURES["amused-512"] = {
     },
 }
 BUILTIN_RANDOM = {f"{name}-random": name for name in ARCHITECTURES}
-# Sampling settings a model is used with unless told otherwise: aMUSEd's pipeline default CFG 10, and StyleDrop
-# guidance λA 0 (the adapter alone). The shapes model has its own (world.SAMPLING).
+# Sampling settings a model is used with unless its folder names others (model_index.json, "_stylecraft"): aMUSEd's
+# pipeline default CFG 10, and StyleDrop guidance λA 0 (the adapter alone).
 AMUSED_SAMPLING = {"guidance_scale": 10.0, "lambda_a": 0.0}
+# Built-in names of model folders that ship inside the package. Like any other folder, each says what it is in its
+# model_index.json; this module knows only where it lies.
+BUILTIN_FOLDERS = {"shapes": Path(__file__).parent / "world" / "weights" / "muse"}
 
 
 @dataclass
@@ -147,6 +151,8 @@ class MuseModel:
     scheduler: AmusedScheduler
     name: str
     sampling_defaults: dict = field(default_factory=lambda: dict(AMUSED_SAMPLING))  # guidance_scale, lambda_a
+    # Training recipe names by kind (round1, round2, lora, full) for this model; empty: the paper's recipes.
+    recipes: dict = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:
@@ -204,13 +210,26 @@ class MuseModel:
         return self
 
     def save_pretrained(self, folder: str | Path) -> None:
-        """Write the aMUSEd folder layout, loadable by ``load_muse`` and by diffusers' ``AmusedPipeline``."""
+        """Write the aMUSEd folder layout, loadable by ``load_muse`` and by diffusers' ``AmusedPipeline``.
+
+        ``model_index.json`` is diffusers' pipeline index (each component's ``[library, class]``) plus our own
+        ``"_stylecraft"`` entry: the sampling settings and recipes the model is used with by default.
+        """
         folder = Path(folder)
         self.transformer.save_pretrained(folder / "transformer")
         self.vqvae.save_pretrained(folder / "vqvae")
         self.text_encoder.save_pretrained(folder / "text_encoder")
         self.tokenizer.save_pretrained(folder / "tokenizer")
         self.scheduler.save_pretrained(folder / "scheduler")
+        import diffusers
+
+        index = {"_class_name": "AmusedPipeline", "_diffusers_version": diffusers.__version__}
+        for component in SUBFOLDERS:
+            cls = type(getattr(self, component))
+            library = cls.__module__.split(".")[0]
+            index[component] = [cls.__module__ if library == "stylecraft" else library, cls.__name__]
+        index["_stylecraft"] = {"sampling": dict(self.sampling_defaults), "recipes": dict(self.recipes)}
+        (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
     def reference_pipeline(self):
         """diffusers' deprecated ``AmusedPipeline`` on these same components: the reference for parity tests and
@@ -373,15 +392,14 @@ def load_muse(
     ``None`` and ``"shapes"`` mean the shapes world's Muse-mini that ships with stylecraft.
     """
     name = "shapes" if model is None else str(model)
-    if name == "shapes":
-        from .world import shapes_model_dir
-
-        if not (shapes_model_dir() / "transformer").is_dir():
+    if name in BUILTIN_FOLDERS:
+        folder = BUILTIN_FOLDERS[name]
+        if not (folder / "transformer").is_dir():
             raise StylecraftError(
-                f"the shapes world model is missing from {shapes_model_dir()}; reinstall stylecraft from a full "
-                "checkout, or retrain it: python -m stylecraft.world.pretrain muse (see docs/world.md)"
+                f"the {name} model is missing from {folder}; reinstall stylecraft from a full checkout, or retrain "
+                "it: python -m stylecraft.world.pretrain muse (see docs/world.md)"
             )
-        return _load_folder(shapes_model_dir(), "shapes", device, dtype)
+        return _load_folder(folder, name, device, dtype)
     if name in BUILTIN_RANDOM:
         return build_random_muse(BUILTIN_RANDOM[name]).to(device, dtype)
     path = Path(name).expanduser()
@@ -395,7 +413,7 @@ def load_muse(
         return _load_folder(path, str(path), device, dtype)
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise StylecraftError(
-            f"model {name!r} is not a folder, a built-in name ({', '.join(['shapes', *BUILTIN_RANDOM])}) "
+            f"model {name!r} is not a folder, a built-in name ({', '.join([*BUILTIN_FOLDERS, *BUILTIN_RANDOM])}) "
             "or a hub id like 'amused/amused-256'"
         )
     return _load_folder(name, name, device, dtype)
@@ -411,45 +429,93 @@ def check_eos(text_encoder, tokenizer, where: str) -> None:
         )
 
 
-def _saved_class(source: str | Path, subfolder: str, default: type, pick):
-    """The class a local folder's ``{subfolder}/config.json`` names (the shapes world ships its own subclasses of
-    ``VQModel`` and ``UVit2DModel``): ``pick(config)``; ``default`` for hub ids and unreadable configs."""
-    config = Path(str(source)) / subfolder / "config.json"
-    if not config.is_file():
-        return default
+def model_index(model: str | Path | None) -> dict:
+    """The ``model_index.json`` of a built-in name or local folder (diffusers' pipeline index: each component's
+    ``[library, class]``, plus our ``"_stylecraft"`` defaults); ``{}`` for hub ids, random builds and folders
+    without one."""
+    name = "shapes" if model is None else str(model)
+    path = BUILTIN_FOLDERS.get(name, Path(name).expanduser()) / "model_index.json"
+    if not path.is_file():
+        return {}
     try:
-        return pick(json.loads(config.read_text()))
-    except json.JSONDecodeError:
-        return default  # from_pretrained reports the broken file
+        index = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise StylecraftError(f"{path} is not valid JSON ({err}); restore it from the model's release") from None
+    if not isinstance(index, dict):
+        raise StylecraftError(f"{path} must hold a JSON object; restore it from the model's release")
+    return index
 
 
-def _vq_class(source: str | Path) -> type[VQModel]:
-    from .world.vq import vq_class
+def model_defaults(model: str | Path | None) -> dict:
+    """What a model folder says it is used with: ``{"sampling": {...}, "recipes": {...}}`` (either may be
+    missing; then aMUSEd's sampling settings and the paper's recipes apply)."""
+    settings = model_index(model).get("_stylecraft") or {}
+    sampling = settings.get("sampling", {}) if isinstance(settings, dict) else None
+    recipes = settings.get("recipes", {}) if isinstance(settings, dict) else None
+    if not (
+        isinstance(sampling, dict)
+        and set(sampling) <= set(AMUSED_SAMPLING)
+        and all(isinstance(v, (int, float)) and math.isfinite(v) for v in sampling.values())
+        and isinstance(recipes, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in recipes.items())
+    ):
+        raise StylecraftError(
+            f'model_index.json of {model}: "_stylecraft" must be {{"sampling": {{"guidance_scale": number, '
+            f'"lambda_a": number}}, "recipes": {{kind: recipe name}}}}, got {settings!r}'
+        )
+    return settings
 
-    return _saved_class(source, "vqvae", VQModel, vq_class)
 
+def _component_class(source: str | Path, index: dict, component: str, base: type) -> type:
+    """The class that loads ``component``: the one ``model_index.json`` names, else ``base`` (diffusers' own).
 
-def _transformer_class(source: str | Path) -> type[UVit2DModel]:
-    from .world.transformer import transformer_class
-
-    return _saved_class(source, "transformer", UVit2DModel, transformer_class)
-
-
-def is_world_folder(source: str | Path) -> bool:
-    """Whether ``source`` is a local folder of a shapes-world Muse-mini (its transformer a ``WorldUVit2DModel``)."""
-    from .world.transformer import WorldUVit2DModel
-
-    return _transformer_class(source) is WorldUVit2DModel
+    Only diffusers and stylecraft modules may be named, and only subclasses of ``base``: a folder must not be able
+    to make us import arbitrary code. A folder without an index whose config names a class diffusers lacks (e.g. a
+    subclass of ours) is refused by name instead of loading the wrong class.
+    """
+    entry = index.get(component)
+    if entry is None:
+        config = Path(str(source)) / component / "config.json"
+        try:
+            class_name = json.loads(config.read_text()).get("_class_name") if config.is_file() else None
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            return base  # from_pretrained reports the broken file
+        if class_name in (None, base.__name__) or isinstance(
+            getattr(importlib.import_module("diffusers"), str(class_name), None), type
+        ):
+            return base
+        raise StylecraftError(
+            f"{config} names class {class_name!r}, which is not diffusers'; the folder needs a model_index.json "
+            f'that names its module, e.g. "{component}": ["stylecraft.world.transformer", "{class_name}"]'
+        )
+    if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(part, str) for part in entry)):
+        raise StylecraftError(f"model_index.json of {source}: {component} must be [library, class], got {entry!r}")
+    library, class_name = entry
+    if library != "diffusers" and not library.startswith("stylecraft."):
+        raise StylecraftError(
+            f"model_index.json of {source} names {component} class {library}.{class_name}; only diffusers and "
+            "stylecraft classes are loaded"
+        )
+    try:
+        cls = getattr(importlib.import_module(library), class_name, None)
+    except ImportError:
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise StylecraftError(
+            f"model_index.json of {source} names {component} class {library}.{class_name}, which is not a "
+            f"{base.__name__}; fix the entry or upgrade stylecraft"
+        )
+    return cls
 
 
 def _load_folder(source: str | Path, name: str, device, dtype) -> MuseModel:
-    from .world import SAMPLING
-    from .world.transformer import WorldUVit2DModel
-
+    index = model_index(source) if Path(str(source)).is_dir() else {}
     kwargs = {"local_files_only": Path(str(source)).is_dir()}
+    transformer_class = _component_class(source, index, "transformer", UVit2DModel)
+    vq_class = _component_class(source, index, "vqvae", VQModel)
     try:
-        transformer = _transformer_class(source).from_pretrained(source, subfolder="transformer", **kwargs)
-        vqvae = _vq_class(source).from_pretrained(source, subfolder="vqvae", **kwargs)
+        transformer = transformer_class.from_pretrained(source, subfolder="transformer", **kwargs)
+        vqvae = vq_class.from_pretrained(source, subfolder="vqvae", **kwargs)
         text_encoder = CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder", **kwargs)
         tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs)
         scheduler = AmusedScheduler.from_pretrained(source, subfolder="scheduler", **kwargs)
@@ -463,8 +529,9 @@ def _load_folder(source: str | Path, name: str, device, dtype) -> MuseModel:
     for module in (transformer, vqvae, text_encoder):
         module.eval().requires_grad_(False)
     muse = MuseModel(transformer, vqvae, text_encoder, tokenizer, scheduler, name=name).to(device, dtype)
-    if isinstance(transformer, WorldUVit2DModel):
-        # Any shapes-world Muse-mini (the shipped one, or the run folder of a retrained one) samples as the shipped
-        # one does; at aMUSEd's CFG 10 a Muse-mini fills its backgrounds with white blobs.
-        muse.sampling_defaults = dict(SAMPLING)
+    # A model folder names the settings it samples and trains with (a shapes-world Muse-mini at aMUSEd's CFG 10
+    # fills its backgrounds with white blobs); without them, aMUSEd's and the paper's apply.
+    defaults = model_defaults(source) if index else {}
+    muse.sampling_defaults = {**AMUSED_SAMPLING, **defaults.get("sampling", {})}
+    muse.recipes = dict(defaults.get("recipes", {}))
     return muse

@@ -78,15 +78,14 @@ class TrainConfig:
 
 
 def default_recipe(model: str | None, kind: str = "round1") -> str:
-    """The recipe to train ``model`` (a --model value or ``MuseModel.name``) with when none is named: the paper's
-    ``kind`` (round1, round2; lora: diffusers' aMUSEd recipe; full: round1's schedule), or the shapes world's own
-    (``world.RECIPES``) for the shapes model and any shapes-world Muse-mini loaded from its folder (a retrained one)."""
-    from .muse import is_world_folder
+    """The recipe to train ``model`` (a --model value or ``MuseModel.name``) with when none is named: the one its
+    folder's model_index.json names for ``kind`` (the shapes models name their own), else the paper's ``kind``
+    (round1, round2; lora: diffusers' aMUSEd recipe; full: round1's schedule)."""
+    from .muse import model_defaults
 
-    if model in (None, "shapes") or is_world_folder(model):
-        from .world import RECIPES
-
-        return RECIPES[kind]
+    recipes = model_defaults(model).get("recipes", {})
+    if kind in recipes:
+        return recipes[kind]
     return "round1" if kind == "full" else kind
 
 

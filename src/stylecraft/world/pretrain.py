@@ -30,7 +30,8 @@ import torch.nn.functional as F
 
 from ..errors import StylecraftError
 from ..io import _atomic_write, write_json
-from . import WEIGHTS, renderer
+from . import RECIPES as TRAIN_RECIPES
+from . import SAMPLING, WEIGHTS, renderer
 from .oracles import ATTRIBUTES, Oracles, load_oracles, oracle_accuracy
 
 RECIPES = Path(__file__).parent / "recipes.json"
@@ -775,6 +776,8 @@ def train_muse(recipe: Recipe, out: Path, resume: bool, vq_dir: Path, clip_dir: 
     wall, history = train_loop(
         recipe, out, {"transformer": transformer}, list(transformer.parameters()), step_fn, resume
     )
+    # The folder says how it is sampled and trained (model_index.json), so it loads like the shipped one.
+    model.sampling_defaults, model.recipes = dict(SAMPLING), dict(TRAIN_RECIPES)
     model.save_pretrained(out / "muse")
     finish(
         out,

@@ -9,8 +9,8 @@ shape accuracy 18 %, chance 12.5 %). This class adds one learned ``[channels, h,
 embeddings and changes nothing else. ``AmusedPipeline``, our sampler (which calls ``transformer.embed``), the
 adapters, LoRA and save/load all work unchanged.
 
-The saved ``transformer/config.json`` names this class (``_class_name: WorldUVit2DModel``). ``stylecraft.muse``
-loads a transformer folder with the class its config names.
+A Muse-mini folder's ``model_index.json`` names this class (``"transformer": ["stylecraft.world.transformer",
+"WorldUVit2DModel"]``, diffusers' format), and ``stylecraft.muse`` loads the class the index names.
 """
 
 from __future__ import annotations
@@ -74,9 +74,3 @@ class WorldUVit2DModel(UVit2DModel):
         self.embed = _PositionalConvEmbed(
             in_channels, block_out_channels, vocab_size, ln_elementwise_affine, layer_norm_eps, use_bias, sample_size
         )
-
-
-def transformer_class(config: dict) -> type[UVit2DModel]:
-    """The class a saved transformer config names: ``WorldUVit2DModel`` for the shapes world, else diffusers'
-    ``UVit2DModel``."""
-    return WorldUVit2DModel if config.get("_class_name") == WorldUVit2DModel.__name__ else UVit2DModel

@@ -9,8 +9,8 @@ hundred steps. So this class keeps everything of ``VQModel`` that the rest of th
 factor, ``save_pretrained``/``from_pretrained``, so ``AmusedPipeline`` runs it unchanged) and swaps only the two
 convolutional stacks for unnormalized residual ones.
 
-The saved ``vqvae/config.json`` names this class (``_class_name: WorldVQModel``); ``stylecraft.muse`` loads a
-vqvae folder with the class its config names.
+A Muse-mini folder's ``model_index.json`` names this class (``"vqvae": ["stylecraft.world.vq", "WorldVQModel"]``,
+diffusers' format), and ``stylecraft.muse`` loads the class the index names.
 """
 
 from __future__ import annotations
@@ -123,8 +123,3 @@ class WorldVQModel(VQModel):
             if isinstance(module, nn.Conv2d) and not getattr(module, "zero_init", False):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
                 nn.init.zeros_(module.bias)
-
-
-def vq_class(config: dict) -> type[VQModel]:
-    """The class a saved vqvae config names: ``WorldVQModel`` for the shapes world, else diffusers' ``VQModel``."""
-    return WorldVQModel if config.get("_class_name") == WorldVQModel.__name__ else VQModel
