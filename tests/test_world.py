@@ -172,9 +172,10 @@ def test_commands_train_and_sample_the_shapes_model_as_its_evaluations_do(tmp_pa
     from stylecraft.evaluation import GUIDANCE, LAMBDA_A
     from stylecraft.muse import AMUSED_SAMPLING, load_muse
     from stylecraft.training import default_recipe, load_recipe
-    from stylecraft.world import SAMPLING
+    from stylecraft.world import RECIPES, SAMPLING
 
     assert load_muse("shapes").sampling_defaults == SAMPLING == {"guidance_scale": GUIDANCE, "lambda_a": LAMBDA_A}
+    assert load_muse("shapes").recipes == RECIPES  # the shipped model_index.json agrees with world's settings
     assert load_muse("amused-256-random").sampling_defaults == AMUSED_SAMPLING
     # a Muse-mini loaded from its folder (a retrained one's run folder) samples as the shipped one does
     assert load_muse(str(shapes_model_dir())).sampling_defaults == SAMPLING
