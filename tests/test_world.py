@@ -418,7 +418,7 @@ def test_a_bf16_vq_stage_trains_like_fp32_and_saves_plain_weights(tmp_path, caps
     from safetensors.torch import load_file
 
     from stylecraft.cli import main
-    from stylecraft.world.pretrain import reconstruct
+    from stylecraft.world.train_vq import reconstruct
     from stylecraft.world.vq import WorldVQModel
 
     recipe, losses = _later_stage_recipe(tmp_path, "vq-continue", init="shapes"), {}
@@ -465,7 +465,8 @@ def _stage_changes(run):
 
 
 def test_decoder_stage_keeps_every_token_of_the_shipped_vq(tmp_path):
-    from stylecraft.world.pretrain import main, reconstruct
+    from stylecraft.world.pretrain import main
+    from stylecraft.world.train_vq import reconstruct
 
     recipe = _later_stage_recipe(tmp_path, "vq-decoder", init="shapes")
     main(["vq", "--section", "vq-decoder", "--recipe", recipe, "--out", str(tmp_path / "run"), "--threads", "1"])
@@ -501,7 +502,7 @@ def test_encoder_stage_keeps_what_every_code_draws(tmp_path, capsys):
 def test_a_muse_stage_can_see_more_small_shapes():
     from stylecraft.errors import StylecraftError
     from stylecraft.world import SEEN_STYLES, STYLES, sample_scenes
-    from stylecraft.world.pretrain import muse_pool
+    from stylecraft.world.train_muse import muse_pool
 
     uniform = muse_pool(4000, np.random.default_rng(5))
     same = sample_scenes(4000, np.random.default_rng(5), SEEN_STYLES)
@@ -580,11 +581,11 @@ def test_ship_a_later_muse_stage_keeps_the_records_of_every_stage(tmp_path, monk
     import json
     import shutil
 
-    from stylecraft.world import pretrain
+    from stylecraft.world import pretrain, ship
 
     weights = tmp_path / "weights"
     shutil.copytree(shapes_model_dir(), weights / "muse")
-    monkeypatch.setattr(pretrain, "WEIGHTS", weights)
+    monkeypatch.setattr(ship, "WEIGHTS", weights)
     shipped = json.loads((weights / "muse" / "training.json").read_text())
     before = json.loads((weights / "muse" / "training.earlier-stages.json").read_text())
     runs = tmp_path / "runs"
@@ -598,7 +599,7 @@ def test_ship_a_later_muse_stage_keeps_the_records_of_every_stage(tmp_path, monk
         record = {"recipe": {"extra": {"init": init}}, "metrics": {"stage": name}}
         (runs / name / "training.json").write_text(json.dumps(record))
     # a stage started from the shipped model keeps that model's lineage (train_muse writes it at the start)
-    (runs / "stage1" / pretrain.LINEAGE).write_text(json.dumps(pretrain._shipped_lineage()))
+    (runs / "stage1" / pretrain.LINEAGE).write_text(json.dumps(ship._shipped_lineage()))
     (runs / "stage2" / "muse" / "transformer" / "config.json").write_text('{"marker": "stage2"}')
     pretrain.main(["ship", "--runs", str(runs), "--muse", str(runs / "stage2"), "--only", "muse"])
     assert json.loads((weights / "muse" / "transformer" / "config.json").read_text()) == {"marker": "stage2"}
@@ -627,11 +628,11 @@ def test_ship_a_muse_on_a_fine_tuned_vq_keeps_the_vqs_records_and_refuses_anothe
 
     from safetensors.torch import load_file, save_file
 
-    from stylecraft.world import pretrain
+    from stylecraft.world import pretrain, ship
 
     weights, runs, name = tmp_path / "weights", tmp_path / "runs", "diffusion_pytorch_model.safetensors"
     shutil.copytree(shapes_model_dir(), weights / "muse")
-    monkeypatch.setattr(pretrain, "WEIGHTS", weights)
+    monkeypatch.setattr(ship, "WEIGHTS", weights)
     # the base VQ run, a VQ fine-tuned from it, and a Muse stage continued on the fine-tuned VQ's tokens
     for run, init in (("vq", None), ("vq-fine", str(runs / "vq" / "vqvae"))):
         shutil.copytree(shapes_model_dir() / "vqvae", runs / run / "vqvae")
@@ -669,7 +670,7 @@ def test_ship_a_muse_on_a_fine_tuned_vq_keeps_the_vqs_records_and_refuses_anothe
 def test_ship_replaces_a_detector_whole_or_not_at_all(tmp_path, monkeypatch):
     import shutil
 
-    from stylecraft.world import pretrain
+    from stylecraft.world import pretrain, ship
 
     weights, run = tmp_path / "weights", tmp_path / "runs" / "glyph"
     weights.mkdir()
@@ -677,7 +678,7 @@ def test_ship_replaces_a_detector_whole_or_not_at_all(tmp_path, monkeypatch):
     (weights / "glyph_oracle.safetensors").write_bytes(b"old weights")
     (run / "glyph_oracle.safetensors").write_bytes(b"new weights")
     (run / "training.json").write_text("{}")
-    monkeypatch.setattr(pretrain, "WEIGHTS", weights)
+    monkeypatch.setattr(ship, "WEIGHTS", weights)
 
     def interrupted(source, target):
         with open(target, "wb") as out:
@@ -690,7 +691,7 @@ def test_ship_replaces_a_detector_whole_or_not_at_all(tmp_path, monkeypatch):
     assert (weights / "glyph_oracle.safetensors").read_bytes() == b"old weights"
     assert [p.name for p in weights.iterdir()] == ["glyph_oracle.safetensors"]  # no temp file left behind
     monkeypatch.undo()
-    monkeypatch.setattr(pretrain, "WEIGHTS", weights)
+    monkeypatch.setattr(ship, "WEIGHTS", weights)
     pretrain.main(["ship", "--runs", str(tmp_path / "runs"), "--only", "glyph"])
     assert (weights / "glyph_oracle.safetensors").read_bytes() == b"new weights"
     assert (weights / "glyph_oracle.training.json").read_text() == "{}"
@@ -702,7 +703,7 @@ def test_clip_vision_stage_keeps_the_text_tower_that_muse_mini_reads(tmp_path, m
     from safetensors.torch import load_file
     from transformers import CLIPModel, CLIPTokenizer
 
-    from stylecraft.world import pretrain
+    from stylecraft.world import pretrain, ship
 
     recipe = _later_stage_recipe(tmp_path, "clip-vision", init="shapes")
     run = tmp_path / "run"
@@ -722,7 +723,7 @@ def test_clip_vision_stage_keeps_the_text_tower_that_muse_mini_reads(tmp_path, m
     assert lineage[-1] == json.loads((shapes_clip_dir() / "training.json").read_text())  # what it started from
     CLIPTokenizer.from_pretrained(run / "clip", local_files_only=True)  # a complete CLIP folder
     CLIPModel.from_pretrained(run / "clip", local_files_only=True)
-    monkeypatch.setattr(pretrain, "WEIGHTS", tmp_path / "weights")
+    monkeypatch.setattr(ship, "WEIGHTS", tmp_path / "weights")
     pretrain.main(["ship", "--clip", str(run), "--only", "clip"])
     assert json.loads((tmp_path / "weights" / "clip" / pretrain.LINEAGE).read_text()) == lineage
     with pytest.raises(SystemExit, match="nothing shipped: .*missing/clip does not exist"):
