@@ -230,11 +230,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_out(p)
 
     p = commands.add_parser(
-        "world", help="retrain the shapes world's models: world pretrain oracles|glyph|vq|clip|muse|ship ..."
+        "world", help="the shapes world: world pretrain oracles|glyph|vq|clip|muse|ship ..., world styles ..."
     )
-    p.add_argument("action", choices=["pretrain"], help="pretrain: train one model from its recipe, or ship runs")
     p.add_argument(
-        "args", nargs=argparse.REMAINDER, help="its arguments (stylecraft world pretrain --help; the model card)"
+        "action",
+        choices=["pretrain", "styles"],
+        help="pretrain: train one model from its recipe, or ship runs; styles: print and draw a sample of the "
+        "style space",
+    )
+    p.add_argument(
+        "args", nargs=argparse.REMAINDER, help="its arguments (stylecraft world pretrain|styles --help; the model card)"
     )
 
     commands.add_parser("env", help="print versions and devices (for bug reports)")
