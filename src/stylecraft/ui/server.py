@@ -12,28 +12,37 @@ static page (``index.html``, ``app.js``, ``style.css`` beside this file) and a f
     GET  /files/<path>      an image inside the round folder (candidates, reference, sample grid); nothing else
 
 Safety: the server binds 127.0.0.1 by default and answers only requests addressed to this machine's names (a
-DNS-rebinding page cannot reach it); POSTs must be small JSON (a cross-site form cannot send that without a CORS
-preflight, which is never granted); files are served only when their resolved path, symlinks followed, stays inside
-the round folder and is an image; nothing is uploaded, and no input reaches a shell or an eval.
+DNS-rebinding page cannot reach it); bound beyond loopback it warns. POSTs must be small, shallow JSON (a cross-site
+form cannot send that without a CORS preflight, which is never granted); files are served only when their resolved
+path, symlinks followed, stays inside the round folder and is an image; nothing is uploaded, and no input reaches a
+shell or an eval. Picks live in ``picks.json``, read before every change, and ``stylecraft ui`` holds the round's
+lock (``stylecraft.locks``) while it serves, so a second server or a ``stylecraft feedback`` on the round is refused.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import logging
+import re
 import signal
+import socket
 import threading
 import time
 import webbrowser
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import accumulate
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from ..errors import StylecraftError
 from ..feedback import read_picks, read_round, train_round, write_picks
 from ..io import write_json
+from ..locks import folder_lock
 from ..training import default_recipe, load_recipe
+
+logger = logging.getLogger("stylecraft")
 
 PAGE = {  # URL -> (file beside this module, content type); a fixed list, no path from the request is joined
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -42,6 +51,8 @@ PAGE = {  # URL -> (file beside this module, content type); a fixed list, no pat
 }
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 MAX_BODY = 16 * 1024  # bytes; the page only ever sends a file name and a flag
+MAX_DEPTH = 4  # nesting of JSON arrays and objects; json.loads recurses per level (RecursionError past ~1000)
+JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)  # brackets inside strings are text, not nesting
 SAMPLE_PROMPTS, SAMPLE_IMAGES = 6, 2  # the result grid: the round's first prompts x images, candidates' sampling
 RUNNING = ("loading", "training", "sampling")
 SECURITY_HEADERS = {
@@ -93,7 +104,7 @@ class Studio:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise StylecraftError(f"{self.root / 'scores.json'} is malformed ({err!r}); regenerate the round") from None
-        self.picks = read_picks(self.root)
+        read_picks(self.root)  # a corrupt picks.json fails at startup; afterwards the file is read before every use
         picks_file = self.root / "picks.json"
         saved = json.loads(picks_file.read_text()).get("target") if picks_file.is_file() else None
         if target is not None and target < 1:
@@ -102,15 +113,14 @@ class Studio:
         recipe = recipe or default_recipe(model or self.settings.get("base_model"), "round2")
         self.training = load_recipe(recipe, steps=train_steps)  # a bad recipe or step count fails at startup too
         self.model, self.device, self.recipe, self.train_steps = model, device, recipe, train_steps
-        self.lock = threading.Lock()  # guards picks and job
+        self.lock = threading.Lock()  # guards job, and picks.json between reading and writing it
         self.job: dict = {"phase": "idle"}
         if (self.root / "adapter" / "adapter_config.json").is_file():
             self.job = {"phase": "done", "earlier": True}  # a Round-2 adapter from an earlier session
 
     # ---- picks ----------------------------------------------------------------------------------------------
     def state(self) -> dict:
-        with self.lock:
-            picks = list(self.picks)
+        picks = read_picks(self.root)
         reference = self.root / "reference.png"
         return {
             "round": {
@@ -128,7 +138,11 @@ class Studio:
         }
 
     def set_pick(self, file: object, picked: object) -> dict:
-        """Pick or unpick one candidate and save picks.json (atomic) before answering."""
+        """Pick or unpick one candidate and save picks.json (atomic) before answering.
+
+        The picks are read from the file first, not kept in memory: another studio on the same folder (the Python
+        API; ``stylecraft ui`` refuses a second server) or ``feedback --select clip --no-train`` may have changed it.
+        """
         if not isinstance(file, str) or file not in self.scores or not (self.root / "candidates" / file).is_file():
             raise RequestError(HTTPStatus.BAD_REQUEST, f"{file!r} is not a candidate of this round")
         if not isinstance(picked, bool):
@@ -136,10 +150,9 @@ class Studio:
         with self.lock:
             if self.job["phase"] in RUNNING:
                 raise RequestError(HTTPStatus.CONFLICT, "picks are locked while Round 2 trains on them")
-            picks = [f for f in self.picks if f != file] + ([file] if picked else [])
+            picks = [f for f in read_picks(self.root) if f != file] + ([file] if picked else [])
             write_picks(self.root, picks, target=self.target)
-            self.picks = picks
-            return {"picks": list(picks), "target": self.target}
+            return {"picks": picks, "target": self.target}
 
     # ---- Round 2 ----------------------------------------------------------------------------------------------
     def start_training(self, overwrite: object) -> dict:
@@ -147,13 +160,13 @@ class Studio:
         with self.lock:
             if self.job["phase"] in RUNNING:
                 raise RequestError(HTTPStatus.CONFLICT, "Round 2 is already training")
-            if not self.picks:
+            selected = read_picks(self.root)
+            if not selected:
                 raise RequestError(HTTPStatus.BAD_REQUEST, "pick at least one image first")
             if (self.root / "adapter" / "adapter_config.json").is_file() and overwrite is not True:
                 raise RequestError(
                     HTTPStatus.CONFLICT, f"{self.root / 'adapter'} exists; confirm to replace it (overwrite: true)"
                 )
-            selected = list(self.picks)
             self.job = {"phase": "loading", "trained_on": len(selected), "started": time.time()}
         threading.Thread(target=self._train, args=(selected,), name="round2", daemon=True).start()
         return self.training_status()
@@ -234,6 +247,9 @@ class Studio:
 
 class StudioServer(ThreadingHTTPServer):
     daemon_threads = True
+    # The listen backlog: the default 5 reset 13-32 of 300 concurrent connections (issue #32). The kernel caps it at
+    # net.core.somaxconn.
+    request_queue_size = socket.SOMAXCONN
 
     def __init__(self, studio: Studio, host: str, port: int):
         self.studio = studio
@@ -243,6 +259,12 @@ class StudioServer(ThreadingHTTPServer):
         self.loopback = ipaddress.ip_address(self.server_address[0]).is_loopback
         names = ("127.0.0.1", "localhost", self.server_address[0])
         self.hosts = {f"{name}:{self.server_port}" for name in names}
+        if not self.loopback:
+            logger.warning(
+                "serving on %s, beyond this machine: anyone who can reach it can see the round, change the picks "
+                "and start training, and the Host check is off; use --host 127.0.0.1 to keep it to this machine",
+                host,
+            )
 
     @property
     def url(self) -> str:
@@ -289,8 +311,12 @@ class StudioHandler(BaseHTTPRequestHandler):
         if not 0 <= length <= MAX_BODY:
             self.close_connection = True  # the unread body must not be parsed as the next request
             raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body over {MAX_BODY} bytes")
+        raw = self.rfile.read(length) or b"{}"
+        brackets = JSON_STRING.sub(b"", raw)
+        if max(accumulate(1 if b in b"[{" else -1 for b in brackets if b in b"[]{}"), default=0) > MAX_DEPTH:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"the request body nests deeper than {MAX_DEPTH} levels")
         try:
-            body = json.loads(self.rfile.read(length) or b"{}")
+            body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise RequestError(HTTPStatus.BAD_REQUEST, "the request body is not JSON") from None
         if not isinstance(body, dict):
@@ -334,22 +360,29 @@ def _json(data: dict) -> tuple[bytes, str]:
 def run_cli(args) -> int:
     if not 0 <= args.port <= 65535:
         raise StylecraftError(f"--port must be 0-65535, got {args.port}")
+    # A missing or malformed round fails here, before a lock file is made beside it. The lock is held for the
+    # server's life: picks and Round 2 belong to one process (a second server or `stylecraft feedback` is refused).
     studio = Studio(args.round, args.target, args.model, args.device, args.recipe, args.train_steps)
-    try:
-        server = StudioServer(studio, args.host, args.port)
-    except OSError as err:
-        raise StylecraftError(f"cannot listen on {args.host}:{args.port} ({err.strerror}); try --port 0") from None
-    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
-        # Started as a background job of a shell (`stylecraft ui ... &`), which ignores Ctrl-C for its jobs and so
-        # for Python too: then `kill -INT` or a later Ctrl-C would never stop the server, as the line below promises.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    print(f"feedback studio for {studio.root}: {server.url}  (Ctrl-C to stop; picks are saved on every click)")
-    if args.open:
-        webbrowser.open(server.url)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        print("stopped")
-    finally:
-        server.server_close()
+    with folder_lock(studio.root, "the feedback studio"):
+        try:
+            server = StudioServer(studio, args.host, args.port)
+        except OSError as err:
+            raise StylecraftError(f"cannot listen on {args.host}:{args.port} ({err.strerror}); try --port 0") from None
+        if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+            # Started as a background job of a shell (`stylecraft ui ... &`), which ignores Ctrl-C for its jobs and
+            # so for Python too: then `kill -INT` or a later Ctrl-C would never stop the server, as promised below.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        # flushed: with stdout a file or a pipe (`stylecraft ui > log`) the line would wait in the buffer until exit
+        print(
+            f"feedback studio for {studio.root}: {server.url}  (Ctrl-C to stop; picks are saved on every click)",
+            flush=True,
+        )
+        if args.open:
+            webbrowser.open(server.url)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            print("stopped")
+        finally:
+            server.server_close()
     return 0
