@@ -358,34 +358,52 @@ def train_round(
 
 def run_cli(args) -> int:
     from .api import load
+    from .locks import folder_lock
     from .sampling import SamplingConfig
 
     if args.per_prompt is not None and args.per_prompt < 1:
         raise StylecraftError(f"--per-prompt must be at least 1, got {args.per_prompt}")
-    muse = load(args.model, args.device)
-    prompts = read_prompts(args.prompts) if args.prompts else default_prompts(muse, args.style)
-    if args.num_prompts is not None:
-        if args.num_prompts < 1:
-            raise StylecraftError(f"--num-prompts must be at least 1, got {args.num_prompts}")
-        prompts = prompts[: args.num_prompts]
-    # Unset options take the round's own settings when it exists (a rerun resumes it even if a default changed
-    # since), else the model's sampling defaults and 8 candidates per prompt.
-    saved = read_round(args.out)[0] if (Path(args.out) / ROUND_NAME).is_file() else {}
-    sampling = {**muse.sampling_defaults, **(saved.get("sampling") or {})}
-    config = SamplingConfig(
-        steps=args.steps,
-        guidance_scale=sampling["guidance_scale"] if args.guidance is None else args.guidance,
-        lambda_a=sampling["lambda_a"] if args.lambda_a is None else args.lambda_a,
-    )
-    per_prompt = saved.get("per_prompt", 8) if args.per_prompt is None else args.per_prompt
-    generate_candidates(
-        muse, args.adapter, prompts, args.out, args.style, per_prompt, args.seed, config, clip=args.clip
-    )
-    selected = select(args.out, args.select, args.seed)
-    write_json(Path(args.out) / "selection.json", {"method": args.select, "selected": selected})
-    if args.no_train:
-        print(f"{len(selected)} picks in {Path(args.out) / PICKS_NAME}")
-        return 0
-    train_round(muse, args.out, selected, recipe=args.recipe, steps=args.train_steps, overwrite=True)
-    print(Path(args.out) / "adapter")
+    out = Path(args.out)
+    # The round's lock, taken before any work: one process at a time. `stylecraft ui` holds the same lock while it
+    # serves, so its picks and Round 2 are never changed under it.
+    with folder_lock(out.resolve(), "feedback"):
+        muse = load(args.model, args.device)
+        prompts = read_prompts(args.prompts) if args.prompts else default_prompts(muse, args.style)
+        if args.num_prompts is not None:
+            if args.num_prompts < 1:
+                raise StylecraftError(f"--num-prompts must be at least 1, got {args.num_prompts}")
+            prompts = prompts[: args.num_prompts]
+        # Unset options take the round's own settings when it exists (a rerun resumes it even if a default changed
+        # since), else the model's sampling defaults and 8 candidates per prompt.
+        saved = read_round(out)[0] if (out / ROUND_NAME).is_file() else {}
+        sampling = {**muse.sampling_defaults, **(saved.get("sampling") or {})}
+        config = SamplingConfig(
+            steps=args.steps,
+            guidance_scale=sampling["guidance_scale"] if args.guidance is None else args.guidance,
+            lambda_a=sampling["lambda_a"] if args.lambda_a is None else args.lambda_a,
+        )
+        per_prompt = saved.get("per_prompt", 8) if args.per_prompt is None else args.per_prompt
+        scores = generate_candidates(
+            muse, args.adapter, prompts, out, args.style, per_prompt, args.seed, config, clip=args.clip
+        )
+        if args.no_train and args.select == "human":  # docs/ui.md's first step: the person picks next
+            print(f"{len(scores)} candidates scored in {out}; pick images with: stylecraft ui --round {out}")
+            return 0
+        selected = select(out, args.select, args.seed)
+        if args.no_train:  # the picks go where the studio and --select human read them, a person's never replaced
+            existing = read_picks(out)
+            if existing and existing != selected:
+                raise StylecraftError(
+                    f"{out / PICKS_NAME} already holds other picks ({len(existing)}, made in the studio?); move it "
+                    f"aside to replace them with the {args.select} picks, or train on them with --select human"
+                )
+            if not existing:
+                write_picks(out, selected)
+            print(
+                f"{len(selected)} {args.select} picks in {out / PICKS_NAME}; review them: stylecraft ui --round {out}"
+            )
+            return 0
+        train_round(muse, out, selected, recipe=args.recipe, steps=args.train_steps, overwrite=True)
+        write_json(out / "selection.json", {"method": args.select, "selected": selected})  # what it was trained on
+    print(out / "adapter")
     return 0

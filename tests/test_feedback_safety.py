@@ -1,0 +1,52 @@
+"""`stylecraft feedback` without training does what docs/ui.md says (issue #32 part C): `--select human --no-train`
+makes the round for the studio, `--select clip --no-train` writes the picks it names without replacing a person's,
+and a round folder another process holds is refused before any work."""
+
+import json
+
+from test_feedback import round1  # noqa: F401 - a 2-step Round-1 adapter on the tiny model
+
+from stylecraft.cli import main
+from stylecraft.feedback import read_picks, select, write_picks
+from stylecraft.locks import folder_lock
+from stylecraft.ui import Studio
+
+
+def feedback_argv(tiny_muse_dir, adapter, clip_dir, out, *options) -> list[str]:
+    argv = ["--quiet", "feedback", "--model", str(tiny_muse_dir), "--adapter", str(adapter), "--style", "oil"]
+    argv += ["--num-prompts", "2", "--per-prompt", "2", "--steps", "2", "--clip", str(clip_dir)]
+    return [*argv, *options, "--out", str(out)]
+
+
+def test_human_no_train_makes_the_round_and_names_the_studio(tiny_muse_dir, round1, clip_dir, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "round"
+    assert main(feedback_argv(tiny_muse_dir, round1, clip_dir, out, "--select", "human", "--no-train")) == 0
+    printed = capsys.readouterr().out
+    assert f"stylecraft ui --round {out}" in printed  # the next step of docs/ui.md
+    assert len(json.loads((out / "scores.json").read_text())) == 4
+    assert not (out / "picks.json").exists() and not (out / "selection.json").exists()  # nothing picked or trained
+    assert not (out / "adapter").exists()
+    assert len(Studio(out).state()["candidates"]) == 4  # the studio opens on it
+
+
+def test_clip_no_train_writes_the_picks_it_names(tiny_muse_dir, round1, clip_dir, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "round"
+    argv = feedback_argv(tiny_muse_dir, round1, clip_dir, out, "--select", "clip", "--no-train")
+    assert main(argv) == 0
+    assert str(out / "picks.json") in capsys.readouterr().out
+    assert read_picks(out) == select(out, "clip") and len(read_picks(out)) == 2  # one per prompt, best text score
+    assert not (out / "selection.json").exists() and not (out / "adapter").exists()
+    assert main(argv) == 0  # a rerun selects the same picks: nothing to replace
+
+    write_picks(out, ["p000_k000.png"])  # a person changed them in the studio
+    assert main(argv) == 2
+    assert "already holds other picks" in capsys.readouterr().err
+    assert read_picks(out) == ["p000_k000.png"]  # kept
+
+
+def test_feedback_refuses_a_round_another_process_holds(tiny_muse_dir, round1, clip_dir, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "round"
+    with folder_lock(out, "the feedback studio"):
+        assert main(feedback_argv(tiny_muse_dir, round1, clip_dir, out, "--no-train")) == 2
+    assert "round is in use by another stylecraft process" in capsys.readouterr().err
+    assert not out.exists()  # refused before any work
