@@ -13,8 +13,11 @@ The round folder is the contract between this module, the feedback page (``style
     ROUND/candidates/pPPP_kKKK.png candidate K of prompt P (written as generated; a rerun skips finished prompts)
     ROUND/tokens/pPPP_kKKK.safetensors  the VQ tokens it was decoded from (Round 2 trains on these)
     ROUND/scores.json              {file: {prompt_index, prompt, text_score, style_score}}
-    ROUND/picks.json               a person's picks {"selected": [file, ...], "target": N}, saved per click
+    ROUND/picks.json               the picks {"selected": [file, ...], "target": N}: a person's, saved per click on
+                                   the feedback page, or the clip/random ones of ``feedback --no-train`` to start from
     ROUND/selection.json           what Round 2 was trained on {"method": clip|random|human, "selected": [...]}
+    ../.ROUND.lock                 the round's lock (``stylecraft.locks``): held by ``stylecraft feedback`` and by
+                                   ``stylecraft ui`` while it serves, so only one process changes the round
     ROUND/adapter/                 the Round-2 adapter (its train_images/ are the selected pairs, and
                                    style_reference.png is ROUND/reference.png, so Round 3 from it scores against
                                    the same reference)
