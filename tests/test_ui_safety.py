@@ -13,18 +13,20 @@ import threading
 import time
 
 import pytest
-from test_ui import Client, made_round, round_dir  # noqa: F401 - the real round folder and its in-process server
+import test_ui
 
 from stylecraft.cli import main
 from stylecraft.feedback import read_picks
 from stylecraft.locks import folder_lock
 from stylecraft.ui import Studio, StudioServer
 
+made_round, round_dir = test_ui.made_round, test_ui.round_dir  # the fixtures: a real round folder, a copy per test
+Client = test_ui.Client  # the round served in-process on 127.0.0.1
 BURST = 300  # connections opened at once; the issue saw 13-32 of them reset with the old listen backlog of 5
 
 
 @pytest.fixture
-def client(round_dir):  # noqa: F811
+def client(round_dir):
     served = Client(round_dir)
     yield served
     served.close()
@@ -37,6 +39,9 @@ def test_deeply_nested_json_gets_a_400_and_the_server_keeps_answering(client):
         assert status == 400 and "error" in answer, body[:20]
     # brackets inside a string are text, not nesting: that body is valid JSON, refused only as a bad pick
     assert "not a candidate" in answer["error"]
+    started = time.monotonic()  # an unterminated string of escaped quotes: scanning it once per quote took 2.4 s
+    status, _ = client.request("POST", "/api/picks", b'"' + b'\\"' * 8000, {"Content-Type": "application/json"})
+    assert status == 400 and time.monotonic() - started < 1.0
     assert client.request("GET", "/api/state")[0] == 200
 
 
@@ -60,7 +65,7 @@ def test_a_burst_of_concurrent_requests_is_all_answered(client):
     assert answers == [200] * BURST
 
 
-def test_binding_beyond_loopback_warns(round_dir, caplog):  # noqa: F811
+def test_binding_beyond_loopback_warns(round_dir, caplog):
     studio = Studio(round_dir)
     with caplog.at_level(logging.WARNING, logger="stylecraft"):
         StudioServer(studio, "127.0.0.1", 0).server_close()
@@ -69,7 +74,7 @@ def test_binding_beyond_loopback_warns(round_dir, caplog):  # noqa: F811
     assert len(caplog.records) == 1 and "0.0.0.0" in caplog.text and "Host check is off" in caplog.text
 
 
-def test_two_studios_on_one_round_keep_each_others_picks(round_dir):  # noqa: F811
+def test_two_studios_on_one_round_keep_each_others_picks(round_dir):
     first, second = Studio(round_dir), Studio(round_dir)  # the Python API: no process lock, picks live on disk
     first.set_pick("p000_k000.png", True)
     second.set_pick("p001_k001.png", True)
@@ -78,7 +83,7 @@ def test_two_studios_on_one_round_keep_each_others_picks(round_dir):  # noqa: F8
     assert first.state()["picks"] == second.state()["picks"] == read_picks(round_dir)
 
 
-def ui_refused_at_once(round_dir) -> None:  # noqa: F811
+def ui_refused_at_once(round_dir) -> None:
     """`stylecraft ui` on a round another process holds: it must fail at once (in a thread, so code that serves
     instead makes the test fail after 60 s rather than hang it)."""
     codes = []
@@ -88,13 +93,13 @@ def ui_refused_at_once(round_dir) -> None:  # noqa: F811
     assert codes == [2], "a second studio on the round started serving"
 
 
-def test_the_studio_takes_the_round_lock(round_dir, capsys):  # noqa: F811
+def test_the_studio_takes_the_round_lock(round_dir, capsys):
     with folder_lock(round_dir, "feedback"):
         ui_refused_at_once(round_dir)
     assert "round is in use by another stylecraft process" in capsys.readouterr().err
 
 
-def test_url_line_reaches_a_file_at_once_and_the_server_owns_the_round(round_dir, tmp_path, capsys):  # noqa: F811
+def test_url_line_reaches_a_file_at_once_and_the_server_owns_the_round(round_dir, tmp_path, capsys):
     """`stylecraft ui > log`: stdout is a file, so Python buffers it unless the line is flushed (PYTHONUNBUFFERED,
     which this project's shell sets, is removed here as a user's shell would not have it)."""
     log = tmp_path / "ui.log"
