@@ -76,7 +76,8 @@ def test_train_then_sample(tiny_muse_dir, style_png, tmp_path, capsys):
         )
         == 0
     )
-    assert sorted(p.name for p in out.iterdir()) == ["000.png", "001.png", "002.png", "003.png", "grid.png", "run.json"]
+    names = [".stylecraft", "000.png", "001.png", "002.png", "003.png", "grid.png", "run.json"]  # the marker: ours
+    assert sorted(p.name for p in out.iterdir()) == names
     run = json.loads((out / "run.json").read_text())
     assert run["seed"] == 5 and run["sampling"]["lambda_a"] == 1.0 and run["adapter"] == str(adapter)
     assert run["sampling"]["guidance_scale"] == 10.0  # no --guidance, an aMUSEd-layout folder: aMUSEd's default

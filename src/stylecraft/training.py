@@ -15,27 +15,43 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
 from .adapters import AdaptedTransformer, count_parameters
 from .errors import StylecraftError
-from .io import make_grid, save_png, to_pil_images, to_tensor_image, write_json
+from .io import (
+    MARKER,
+    check_out,
+    check_place,
+    make_grid,
+    new_folder,
+    partial_of,
+    recover,
+    remove,
+    save_png,
+    swap_into_place,
+    to_pil_images,
+    to_tensor_image,
+    write_bytes,
+    write_json,
+)
+from .locks import folder_lock
 from .muse import MuseModel, mask_tokens, masked_token_loss, shift_grid, shift_offsets
 from .sampling import SamplingConfig, sample_images
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 ADAPTER_NAME = "adapter"
 CHECKPOINT_DIR = "checkpoint"
+_NOT_EMPTY = "pass --resume to continue or --overwrite"  # the fix when --out holds a run
 # Settings that may change between a run and its --resume (they don't alter the optimisation path).
 RESUMABLE_CHANGES = {"steps", "sample_every", "checkpoint_every", "sample_steps", "sample_guidance"}  # not weights
 
@@ -149,7 +165,7 @@ def train_adapter(
     """
     from accelerate import Accelerator
 
-    out = Path(out)
+    out = Path(os.path.normpath(out))  # "out/" and "a/../out" name their folder: "out"
     if not images:
         raise StylecraftError("no training images; pass --image at least once")
     if len(prompts) == 1:
@@ -158,100 +174,114 @@ def train_adapter(
         raise StylecraftError(f"got {len(images)} images but {len(prompts)} prompts; give one prompt or one per image")
     if any(not p.strip() for p in prompts):
         raise StylecraftError("empty prompt; describe the image and its style, e.g. 'A house in watercolor style'")
-    checkpoint = out / CHECKPOINT_DIR
-    if resume:
-        if not (checkpoint / "trainer_state.json").is_file():
-            raise StylecraftError(f"nothing to resume in {out}: no {CHECKPOINT_DIR}/trainer_state.json; drop --resume")
-        _check_resume(json.loads((checkpoint / "trainer_state.json").read_text())["config"], config)
-    elif out.exists() and any(out.iterdir()) and not overwrite:
-        raise StylecraftError(f"{out} already exists and is not empty; pass --resume to continue or --overwrite")
-    elif out.exists() and overwrite:
-        shutil.rmtree(out)
-
+    check_place(out)
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=muse.device.type == "cpu")
-    torch.manual_seed(config.seed)  # adapter initialisation
-    model = AdaptedTransformer(muse)
-    adapter_config = model.new_config(
-        config.adapter_type,
-        config.rank,
-        config.shared,
-        lora_alpha=config.lora_alpha,
-        target_modules=config.target_modules,
-        extra_sites=list(config.extra_sites),
-        prompts=list(dict.fromkeys(prompts)),
-        training=asdict(config),
-    )
-    model.add_adapter(ADAPTER_NAME, adapter_config)
-    parameters = model.adapter_parameters(ADAPTER_NAME)
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    generator = torch.Generator().manual_seed(config.seed + accelerator.process_index)
-    start = 0
-    log: list[dict] = []
-    if resume:
-        start, log = _load_checkpoint(checkpoint, model, optimizer, generator)
+    main = accelerator.is_main_process  # only the main process writes, so only it locks and tidies the folder
+    with folder_lock(out, "training") if main else nullcontext():
+        folder = out  # where this run writes: `out`, or beside it (swapped in at the end) when replacing a run
+        if main:
+            recover(out)  # what a killed run left: a swap cut short, a half-built folder or checkpoint
+            recover(out / CHECKPOINT_DIR)
+        if resume:
+            if not (out / CHECKPOINT_DIR / "trainer_state.json").is_file():
+                raise StylecraftError(
+                    f"nothing to resume in {out}: no {CHECKPOINT_DIR}/trainer_state.json; drop --resume"
+                )
+            _check_resume(json.loads((out / CHECKPOINT_DIR / "trainer_state.json").read_text())["config"], config)
+        elif main:
+            if (out / MARKER).is_file() and all(p.name == "samples" or p.name[0] == "." for p in out.iterdir()):
+                remove(out)  # a run killed before its first checkpoint: nothing to resume, nothing finished
+            check_out(out, overwrite, _NOT_EMPTY)
+            if out.is_dir() and any(out.iterdir()):
+                folder = partial_of(out)  # --overwrite: the finished run stays until this one is complete
+            new_folder(folder)
+        checkpoint = folder / CHECKPOINT_DIR
 
-    # Frozen inputs, computed once: VQ tokens of the images, text embeddings of the prompts.
-    resolution = muse.resolution
-    pixels = torch.stack([to_tensor_image(image) for image in images])
-    if pixels.shape[-1] != resolution or pixels.shape[-2] != resolution:
-        raise StylecraftError(
-            f"training images must be {resolution}x{resolution}; load them with load_image(path, size)"
+        torch.manual_seed(config.seed)  # adapter initialisation
+        model = AdaptedTransformer(muse)
+        adapter_config = model.new_config(
+            config.adapter_type,
+            config.rank,
+            config.shared,
+            lora_alpha=config.lora_alpha,
+            target_modules=config.target_modules,
+            extra_sites=list(config.extra_sites),
+            prompts=list(dict.fromkeys(prompts)),
+            training=asdict(config),
         )
-    if tokens is not None:
-        tokens = _check_tokens(muse, tokens, len(images))
-    tokens = shifted_tokens(muse, pixels, tokens, config.shift)  # [N, variants, h, w]
-    pooled, hidden = muse.encode_prompts(prompts)  # [N, proj], [N, 77, hidden]
-    micro_conds = muse.micro_conds(config.batch_size, resolution, resolution)
+        model.add_adapter(ADAPTER_NAME, adapter_config)
+        parameters = model.adapter_parameters(ADAPTER_NAME)
+        optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+        generator = torch.Generator().manual_seed(config.seed + accelerator.process_index)
+        start = 0
+        log: list[dict] = []
+        if resume:
+            start, log = _load_checkpoint(checkpoint, model, optimizer, generator)
 
-    model, optimizer = accelerator.prepare(model, optimizer)
-    model.train()
-    trainable = count_parameters(parameters)
-    total = count_parameters(muse.transformer) - (trainable if config.adapter_type == "lora" else 0)
-    disable = not progress or os.environ.get("STYLECRAFT_QUIET") == "1" or not accelerator.is_main_process
-    bar = tqdm(range(start, config.steps), desc="training", initial=start, total=config.steps, disable=disable)
-    started = time.time()
-    for step in bar:
-        # batch -> shift -> mask -> forward -> loss (Muse masked-token cross-entropy, cosine mask schedule)
-        index = torch.randint(len(images), (config.batch_size,), generator=generator).to(tokens.device)
-        variant = torch.zeros_like(index)
-        if tokens.shape[1] > 1:
-            variant = torch.randint(tokens.shape[1], (config.batch_size,), generator=generator).to(tokens.device)
-        target = tokens[index, variant]
-        masked, mask = mask_tokens(target, muse.mask_token_id, generator)
-        logits = model(
-            [ADAPTER_NAME] * config.batch_size, masked, hidden[index], pooled[index], micro_conds
-        )  # [batch, codebook, h, w]
-        loss = masked_token_loss(logits, target, mask)
-        if not torch.isfinite(loss):
-            where = f"the last good checkpoint is in {checkpoint}" if checkpoint.exists() else "no checkpoint yet"
-            raise StylecraftError(f"loss became {loss.item()} at step {step}; {where}; lower --lr and --resume")
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        # Frozen inputs, computed once: VQ tokens of the images, text embeddings of the prompts.
+        resolution = muse.resolution
+        pixels = torch.stack([to_tensor_image(image) for image in images])
+        if pixels.shape[-1] != resolution or pixels.shape[-2] != resolution:
+            raise StylecraftError(
+                f"training images must be {resolution}x{resolution}; load them with load_image(path, size)"
+            )
+        if tokens is not None:
+            tokens = _check_tokens(muse, tokens, len(images))
+        tokens = shifted_tokens(muse, pixels, tokens, config.shift)  # [N, variants, h, w]
+        pooled, hidden = muse.encode_prompts(prompts)  # [N, proj], [N, 77, hidden]
+        micro_conds = muse.micro_conds(config.batch_size, resolution, resolution)
 
-        log.append({"step": step + 1, "loss": round(loss.item(), 5)})
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        done = step + 1
-        if on_step is not None:
-            on_step(done, loss.item())
+        model, optimizer = accelerator.prepare(model, optimizer)
+        model.train()
+        trainable = count_parameters(parameters)
+        total = count_parameters(muse.transformer) - (trainable if config.adapter_type == "lora" else 0)
+        disable = not progress or os.environ.get("STYLECRAFT_QUIET") == "1" or not accelerator.is_main_process
+        bar = tqdm(range(start, config.steps), desc="training", initial=start, total=config.steps, disable=disable)
+        started = time.time()
+        for step in bar:
+            # batch -> shift -> mask -> forward -> loss (Muse masked-token cross-entropy, cosine mask schedule)
+            index = torch.randint(len(images), (config.batch_size,), generator=generator).to(tokens.device)
+            variant = torch.zeros_like(index)
+            if tokens.shape[1] > 1:
+                variant = torch.randint(tokens.shape[1], (config.batch_size,), generator=generator).to(tokens.device)
+            target = tokens[index, variant]
+            masked, mask = mask_tokens(target, muse.mask_token_id, generator)
+            logits = model(
+                [ADAPTER_NAME] * config.batch_size, masked, hidden[index], pooled[index], micro_conds
+            )  # [batch, codebook, h, w]
+            loss = masked_token_loss(logits, target, mask)
+            if not torch.isfinite(loss):
+                where = f"the last good checkpoint is in {checkpoint}" if checkpoint.exists() else "no checkpoint yet"
+                raise StylecraftError(f"loss became {loss.item()} at step {step}; {where}; lower --lr and --resume")
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            log.append({"step": step + 1, "loss": round(loss.item(), 5)})
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            done = step + 1
+            if on_step is not None:
+                on_step(done, loss.item())
+            if accelerator.is_main_process:
+                unwrapped = accelerator.unwrap_model(model)
+                if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
+                    _save_checkpoint(checkpoint, unwrapped, optimizer, generator, done, config, log)
+                if config.sample_every and done % config.sample_every == 0:
+                    write_samples(muse, unwrapped, prompts, folder / "samples" / f"step_{done:06d}.png", config)
+        model.eval()
+        unwrapped = accelerator.unwrap_model(model)
         if accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(model)
-            if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
-                _save_checkpoint(checkpoint, unwrapped, optimizer, generator, done, config, log)
-            if config.sample_every and done % config.sample_every == 0:
-                write_samples(muse, unwrapped, prompts, out / "samples" / f"step_{done:06d}.png", config)
-    model.eval()
-    unwrapped = accelerator.unwrap_model(model)
-    if accelerator.is_main_process:
-        _save_checkpoint(checkpoint, unwrapped, optimizer, generator, config.steps, config, log)
-        unwrapped.configs[ADAPTER_NAME].training.update(
-            trainable_parameters=trainable, base_parameters=total, seconds=round(time.time() - started, 2)
-        )
-        write_json(out / "train_log.json", log)
-        for i, (image, prompt) in enumerate(zip(images, prompts, strict=True)):  # provenance: what it learned from
-            save_png(image, out / "train_images" / f"{i:03d}.png", {"prompt": prompt})
-        unwrapped.save_adapter(ADAPTER_NAME, out)  # adapter_config.json last: the folder is now complete
+            _save_checkpoint(checkpoint, unwrapped, optimizer, generator, config.steps, config, log)
+            unwrapped.configs[ADAPTER_NAME].training.update(
+                trainable_parameters=trainable, base_parameters=total, seconds=round(time.time() - started, 2)
+            )
+            write_json(folder / "train_log.json", log)
+            for i, (image, prompt) in enumerate(zip(images, prompts, strict=True)):  # provenance: what it learned from
+                save_png(image, folder / "train_images" / f"{i:03d}.png", {"prompt": prompt})
+            unwrapped.save_adapter(ADAPTER_NAME, folder)  # adapter_config.json last: the folder is now complete
+            if folder != out:
+                swap_into_place(out)
     for parameter in parameters:
         parameter.requires_grad_(False)
     return unwrapped
@@ -322,7 +352,8 @@ def _save_checkpoint(
     config: TrainConfig,
     log: list[dict],
 ) -> None:
-    """Write the checkpoint into a temporary folder, then swap it in: a crash never leaves half a checkpoint."""
+    """Write the checkpoint beside ``folder``, then swap it in (``io.swap_into_place``): a kill never leaves half a
+    checkpoint, nor none once there was one."""
     optimizer_state = optimizer.state_dict()
     tensors = {f"adapter.{k}": v for k, v in model.adapter_state_dict(ADAPTER_NAME).items()}
     for index, state in optimizer_state["state"].items():
@@ -330,18 +361,14 @@ def _save_checkpoint(
             tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
     tensors["generator"] = generator.get_state()
     meta = {"step": step, "config": asdict(config), "param_groups": optimizer_state["param_groups"], "log": log}
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".checkpoint-"))
-    save_file(tensors, staging / "state.safetensors")
-    (staging / "trainer_state.json").write_text(json.dumps(meta, default=str))
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}-old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(folder, old)
-        os.replace(staging, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, folder)
+    staging = partial_of(folder)
+    try:
+        write_bytes(staging / "state.safetensors", save(tensors))
+        write_bytes(staging / "trainer_state.json", json.dumps(meta, default=str).encode())
+    except BaseException:
+        remove(staging)  # e.g. a full disk: nothing half-written stays behind
+        raise
+    swap_into_place(folder)
 
 
 def _load_checkpoint(folder: Path, model: AdaptedTransformer, optimizer, generator: torch.Generator):
