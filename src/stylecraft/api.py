@@ -202,8 +202,11 @@ def run_sample_cli(args) -> int:
 
 
 def run_train_cli(args) -> int:
+    if not args.content and (args.class_prompt, args.num_class_images, args.lambda_prior) != (None, None, None):
+        raise StylecraftError("--class-prompt, --num-class-images and --lambda-prior go with --content")
+    kind = "dreambooth" if args.content else args.adapter if args.adapter in ("lora", "full") else "round1"
     config = load_recipe(
-        args.recipe or default_recipe(args.model, args.adapter if args.adapter in ("lora", "full") else "round1"),
+        args.recipe or default_recipe(args.model, kind),
         adapter_type=args.adapter,
         rank=args.rank,
         shared=args.shared,
@@ -215,9 +218,17 @@ def run_train_cli(args) -> int:
         sample_every=args.sample_every,
         checkpoint_every=args.checkpoint_every,
         mixed_precision=None if args.mixed_precision == "no" else args.mixed_precision,
+        class_prompt=args.class_prompt,
+        num_class_images=args.num_class_images,
+        lambda_prior=args.lambda_prior,
     )
     muse = load(args.model, args.device, args.dtype)
     images = [load_image(path, muse.resolution) for path in args.image]
-    train(muse, images, args.prompt, args.out, config, resume=args.resume, overwrite=args.overwrite)
+    if args.content:
+        from .dreambooth import train_dreambooth
+
+        train_dreambooth(muse, images, args.prompt, config, args.out, resume=args.resume, overwrite=args.overwrite)
+    else:
+        train(muse, images, args.prompt, args.out, config, resume=args.resume, overwrite=args.overwrite)
     print(args.out)
     return 0

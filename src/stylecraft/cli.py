@@ -136,6 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--shift", type=int, default=None, help="augmentation: move the image by up to N whole VQ tokens (0 = off)"
     )
+    p.add_argument(
+        "--content",
+        action="store_true",
+        help="a content adapter, DreamBooth's way: --prompt names the object with a rare token ('a sks glyph'); "
+        "class-prior preservation keeps what the base draws for --class-prompt (default recipe: the model's)",
+    )
+    p.add_argument("--class-prompt", default=None, help="with --content: --prompt without the rare token ('a glyph')")
+    p.add_argument("--num-class-images", type=int, default=None, help="with --content: prior images the base draws")
+    p.add_argument(
+        "--lambda-prior", type=float, default=None, help="with --content: prior term weight, DreamBooth Eq. 2 (0 = off)"
+    )
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no", help="accelerate precision")
     p.add_argument("--out", required=True, help="adapter folder to write")

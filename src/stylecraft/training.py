@@ -78,6 +78,10 @@ class TrainConfig:
     mixed_precision: str = "no"  # accelerate: "no", "fp16" or "bf16"
     sample_steps: int = 12  # decoding steps of the progress samples
     sample_guidance: float | None = None  # CFG of the progress samples (None: the model's, MuseModel.sampling_defaults)
+    # DreamBooth (Ruiz et al. 2023) class-prior preservation: on when class_prompt is set (dreambooth.py)
+    class_prompt: str | None = None  # prompt of the prior images: the instance caption without its rare token
+    num_class_images: int = 0  # images the frozen base draws for class_prompt (paper: about 1000)
+    lambda_prior: float = 1.0  # weight of the prior-preservation term, λ of DreamBooth Eq. 2 (paper: 1)
 
     def __post_init__(self) -> None:
         if self.shared is None:
@@ -91,6 +95,12 @@ class TrainConfig:
             raise StylecraftError(f"--lr must be positive, got {self.lr}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise StylecraftError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if not self.lambda_prior >= 0:
+            raise StylecraftError(f"--lambda-prior must be 0 (no prior term) or positive, got {self.lambda_prior}")
+        if self.class_prompt is not None and self.num_class_images < 1:
+            raise StylecraftError(
+                f"--num-class-images must be at least 1 with a class prompt, got {self.num_class_images}"
+            )
 
 
 def default_recipe(model: str | None, kind: str = "round1") -> str:
@@ -152,6 +162,7 @@ def train_adapter(
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
     tokens: torch.Tensor | None = None,
+    prior_tokens: torch.Tensor | None = None,
 ) -> AdaptedTransformer:
     """Train an adapter on (image, prompt) pairs and write the adapter folder ``out``. Returns the adapted model.
 
@@ -162,6 +173,8 @@ def train_adapter(
     when they are known, i.e. for images this model drew (Round 2). Training then uses them instead of encoding
     the images again: the VQ does not give back the tokens an image was decoded from, and what it gives back can
     lose fine texture (``feedback.train_round``).
+    ``prior_tokens`` [M, h, w]: the frozen base's own drawings of ``config.class_prompt`` (DreamBooth's class-prior
+    images, ``dreambooth.class_prior_tokens``); each step then adds λ_prior × the loss on a batch of them.
     """
     from accelerate import Accelerator
 
@@ -228,6 +241,8 @@ def train_adapter(
         if tokens is not None:
             tokens = _check_tokens(muse, tokens, len(images))
         tokens = shifted_tokens(muse, pixels, tokens, config.shift)  # [N, variants, h, w]
+        if prior_tokens is not None:  # DreamBooth's class-prior images, checked like known tokens (λ_prior 0: unused)
+            prior_tokens = _check_tokens(muse, prior_tokens, len(prior_tokens)) if config.lambda_prior > 0 else None
         pooled, hidden = muse.encode_prompts(prompts)  # [N, proj], [N, 77, hidden]
         micro_conds = muse.micro_conds(config.batch_size, resolution, resolution)
 
@@ -250,6 +265,9 @@ def train_adapter(
                 [ADAPTER_NAME] * config.batch_size, masked, hidden[index], pooled[index], micro_conds
             )  # [batch, codebook, h, w]
             loss = masked_token_loss(logits, target, mask)
+            if prior_tokens is not None:  # DreamBooth Eq. 2: + λ_prior × the same loss on the base's class images
+                prior_loss = class_prior_loss(muse, model, prior_tokens, config, generator)
+                loss = loss + config.lambda_prior * prior_loss
             if not torch.isfinite(loss):
                 where = f"the last good checkpoint is in {checkpoint}" if checkpoint.exists() else "no checkpoint yet"
                 raise StylecraftError(f"loss became {loss.item()} at step {step}; {where}; lower --lr and --resume")
@@ -259,6 +277,8 @@ def train_adapter(
             optimizer.zero_grad(set_to_none=True)
 
             log.append({"step": step + 1, "loss": round(loss.item(), 5)})
+            if prior_tokens is not None:
+                log[-1]["prior_loss"] = round(prior_loss.item(), 5)
             bar.set_postfix(loss=f"{loss.item():.4f}")
             done = step + 1
             if on_step is not None:
@@ -285,6 +305,24 @@ def train_adapter(
     for parameter in parameters:
         parameter.requires_grad_(False)
     return unwrapped
+
+
+def class_prior_loss(
+    muse: MuseModel, model: AdaptedTransformer, prior_tokens: torch.Tensor, config: TrainConfig, generator
+) -> torch.Tensor:
+    """DreamBooth's prior-preservation term (Ruiz et al. 2023, Eq. 2, its second term): Muse's masked-token loss,
+    with the adapter on, on a second batch drawn from the frozen base's own images of ``config.class_prompt``. It
+    holds the adapter to what the base draws for the class, so that the object is learnt by the rare token alone."""
+    if not config.class_prompt:
+        raise StylecraftError("prior tokens need the class prompt they were drawn for; pass --class-prompt")
+    index = torch.randint(len(prior_tokens), (config.batch_size,), generator=generator).to(prior_tokens.device)
+    target = prior_tokens[index]  # [batch, h, w]
+    masked, mask = mask_tokens(target, muse.mask_token_id, generator)
+    pooled, hidden = muse.encode_prompts([config.class_prompt])  # [1, proj], [1, 77, hidden]
+    micro_conds = muse.micro_conds(config.batch_size, muse.resolution, muse.resolution)
+    rows = [ADAPTER_NAME] * config.batch_size
+    logits = model(rows, masked, hidden.expand(len(rows), -1, -1), pooled.expand(len(rows), -1), micro_conds)
+    return masked_token_loss(logits, target, mask)  # logits [batch, codebook, h, w]
 
 
 def shifted_tokens(muse: MuseModel, pixels: torch.Tensor, tokens: torch.Tensor | None, shift: int) -> torch.Tensor:
