@@ -103,3 +103,16 @@ def test_bad_content_input_is_one_clear_error(tiny_muse_dir, style_png, tmp_path
     with pytest.raises(StylecraftError, match="class prompt they were drawn for"):  # prior images without their prompt
         prior = class_prior_tokens(muse, CLASS, 2)
         train_adapter(muse, [image], [INSTANCE], TrainConfig(steps=1, batch_size=2), tmp_path / "y", prior_tokens=prior)
+
+
+def test_eval_content_refuses_bad_settings_before_any_work(tmp_path, capsys):
+    out = str(tmp_path / "eval")
+    for extra, message in (
+        (["--num-images", "8"], "--num-images must be at least 16"),
+        (["--recipe", "no-such-recipe"], "unknown recipe 'no-such-recipe'"),
+        (["--lambda-prior", "-0.5"], "--lambda-prior must be 0"),
+    ):
+        assert main(["eval-content", *extra, "--out", out]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "eval").exists()

@@ -240,6 +240,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="training steps of both adapters (default: recipe's)")
     _add_out(p)
 
+    p = commands.add_parser("eval-content", help="content adapters (DreamBooth) on a new glyph, with and without prior")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
+    p.add_argument("--recipe", action="append", default=None, help="candidate recipe (repeat; default: the four)")
+    p.add_argument(
+        "--lambda-prior", type=float, action="append", default=None, help="prior term weight (repeat; default 0 1)"
+    )
+    p.add_argument("--num-images", type=int, default=32, help="images per cell (default 32)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: each recipe's)")
+    _add_out(p)
+
     p = commands.add_parser(
         "world", help="the shapes world: world pretrain oracles|glyph|vq|clip|muse|ship ..., world styles ..."
     )
@@ -267,6 +277,7 @@ RUNNERS = {
     "eval": "stylecraft.evaluation:run_cli",
     "eval-feedback": "stylecraft.evaluation:run_feedback_cli",
     "eval-two-adapters": "stylecraft.evaluation:run_two_adapter_cli",
+    "eval-content": "stylecraft.eval_content:run_cli",
     "ui": "stylecraft.ui:run_cli",
     "world": "stylecraft.world.pretrain:run_cli",
     "env": "stylecraft.cli:run_env",

@@ -17,7 +17,9 @@ The judges (oracles, glyph detector) only evaluate, never train or select. Write
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 import time
 
 import numpy as np
@@ -58,8 +60,10 @@ def run_content_table(
     num_images: int = 32,
     steps: int | None = None,
     overwrite: bool = False,
+    progress: bool = False,
 ) -> dict:
-    """Train every recipe × λ_prior content adapter on the glyph and measure its three cells (module docstring)."""
+    """Train every recipe × λ_prior content adapter on the glyph and measure its three cells (module docstring);
+    ``progress``: print each row's numbers to stderr as it is done (a full run takes many minutes on a CPU)."""
     from .api import load, sample
     from .dreambooth import class_prior_tokens, train_dreambooth
     from .errors import StylecraftError
@@ -147,6 +151,9 @@ def run_content_table(
             }  # a fresh base: a full fine-tune loads into it
             row.update({cell: measure(images, cell) for cell, images in drawn.items()})
             results["rows"][name] = row
+            if progress:
+                numbers = ", ".join(f"{cell} {json.dumps(row[cell])}" for cell in CELLS)
+                print(f"{name} ({row['train_seconds']:.0f} s): {numbers}", file=sys.stderr, flush=True)
             grid_rows.append([im for cell in CELLS for im in drawn[cell][:4]])
         width = max(len(row) for row in grid_rows)
         blank = Image.new("RGB", (64, 64), "white")
@@ -214,6 +221,7 @@ def run_cli(args) -> int:
         num_images=args.num_images,
         steps=args.steps,
         overwrite=args.overwrite,
+        progress=True,
     )
     print(content_markdown(results))
     return 0
