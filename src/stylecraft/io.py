@@ -247,10 +247,10 @@ def _old_of(path: Path) -> Path:
 
 def new_folder(path: Path) -> None:
     """Make ``path`` (or take it, empty) as a stylecraft output folder: with the ``MARKER`` that lets --overwrite
-    replace it later."""
+    replace it later (an empty file: made in one step, a kill cannot leave half of it)."""
     with no_space_is_an_error(path.parent):
         path.mkdir(parents=True, exist_ok=True)
-    write_bytes(path / MARKER, b"made by stylecraft: --overwrite may replace this folder\n")
+        (path / MARKER).touch()
 
 
 def remove(path: Path) -> None:
@@ -278,13 +278,17 @@ def recover(path: Path) -> None:
 
     No ``path`` but its ``.old``: the kill fell between a swap's two renames, and the new folder, complete before
     any swap starts, moves in (or the old one back, if the new one is gone). Then leftovers go: the old folder of a
-    finished swap, and a ``.partial`` that never got swapped in (its run was killed before it was complete).
+    finished swap, a ``.partial`` that never got swapped in (its run was killed before it was complete), and in a
+    folder stylecraft made, the temporary files of writes a kill cut short.
     """
     old, partial = _old_of(path), partial_of(path)
     if old.exists() and not path.exists():
         os.replace(partial if partial.is_dir() else old, path)
     remove(old)
     remove(partial)
+    if (path / MARKER).is_file():
+        for tmp in path.rglob(".*.tmp"):  # _atomic_write's names
+            tmp.unlink()
 
 
 @contextmanager
