@@ -116,3 +116,12 @@ def test_eval_content_refuses_bad_settings_before_any_work(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "eval").exists()
+
+
+def test_eval_two_adapters_takes_a_content_recipe(tmp_path, capsys):
+    out = tmp_path / "two"
+    argv = ["eval-two-adapters", "--content-recipe", "no-such-recipe", "--num-images", "1", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown recipe 'no-such-recipe'" in err[0], err
+    assert not out.exists()

@@ -238,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=float, action="append", default=None, help="Eq. 5-6 γ (repeat; default 0.3 0.5 0.7)")
     p.add_argument("--num-images", type=int, default=32, help="images per row (default 32)")
     p.add_argument("--steps", type=int, default=None, help="training steps of both adapters (default: recipe's)")
+    p.add_argument(
+        "--content-recipe",
+        default="shapes-round1-unshifted",
+        help="content adapter recipe (default shapes-round1-unshifted; a DreamBooth one, e.g. shapes-dreambooth, "
+        "trains with class-prior preservation)",
+    )
     _add_out(p)
 
     p = commands.add_parser("eval-content", help="content adapters (DreamBooth) on a new glyph, with and without prior")

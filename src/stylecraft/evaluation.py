@@ -662,11 +662,14 @@ def run_two_adapter_table(
     num_images: int = 32,
     steps: int | None = None,
     overwrite: bool = False,
+    content_recipe: str = "shapes-round1-unshifted",
 ) -> dict:
     """Train a content adapter on renders of the glyph (a shape no model saw) and a style adapter on one render of
     ``style``; draw "a large orange sks glyph in {style} style" with each adapter alone (Eq. 4) and with both
-    mixed by Eq. 5-6 over ``gammas``; judge with the oracles and the glyph detector."""
+    mixed by Eq. 5-6 over ``gammas``; judge with the oracles and the glyph detector. A ``content_recipe`` with
+    class images trains DreamBooth's way, as ``stylecraft eval-content`` measures it (``eval_content.py``)."""
     from .api import load, sample
+    from .dreambooth import train_dreambooth
     from .errors import StylecraftError
     from .io import make_grid, output_dir, save_png, write_json
     from .sampling import SamplingConfig
@@ -693,7 +696,7 @@ def run_two_adapter_table(
         "content_images": GLYPH_RENDERS,
         # the glyph adapter learns the renders unmoved: with shift 1 it lost the glyph (development seed 777, γ 0.7:
         # glyph 0.06 against 0.94; `python scripts/muse_dev_checks.py mix --content-recipe R --gamma 0.3 0.5 0.7`)
-        "content_recipe": "shapes-round1-unshifted",
+        "content_recipe": content_recipe,
         "style_recipe": "shapes-round1",
         "num_images": num_images,
         "guidance": GUIDANCE,
@@ -708,7 +711,13 @@ def run_two_adapter_table(
         content_recipe = load_recipe(results["content_recipe"], steps=steps)
         style_recipe = load_recipe(results["style_recipe"], steps=steps)
         captions = [content_prompt_text] * GLYPH_RENDERS
-        train_adapter(load(model), content_images, captions, content_recipe, folder / "content")
+        if content_recipe.num_class_images:  # DreamBooth as eval_content.py measures it: the caption names the
+            captions = [glyph_caption(GLYPH_COLOUR, style="flat color")] * GLYPH_RENDERS  # renders' style, and the
+            class_prompt = captions[0].replace("sks ", "")  # class prompt is that caption without the rare token
+            content_recipe = load_recipe(results["content_recipe"], steps=steps, class_prompt=class_prompt)
+        results["content_caption"] = captions[0]
+        trainer = train_dreambooth if content_recipe.class_prompt else train_adapter
+        trainer(load(model), content_images, captions, content_recipe, folder / "content")
         train_adapter(load(model), [task.reference], [task.reference_prompt], style_recipe, folder / "style")
         muse = load(model)
         results["model"] = muse.name
@@ -753,7 +762,8 @@ def two_adapter_markdown(results: dict) -> str:
         f"# Two adapters: a new glyph in {results['style']} style",
         "",
         f"Prompt: `{results['prompt']}`. Content adapter: {results['content_images']} renders of "
-        f"`{results['content_prompt']}` (a shape no model saw; recipe `{results['content_recipe']}`). Style adapter: "
+        f"`{results.get('content_caption', results['content_prompt'])}` (a shape no model saw; recipe "
+        f"`{results['content_recipe']}`). Style adapter: "
         f"one render of `{results['style_reference']}` (recipe `{results['style_recipe']}`). "
         f"{results['num_images']} images per row, seed {results['eval_seed']}, "
         f"CFG {results['guidance']}. Best γ: **{results['best_gamma']:g}**. Grid: grid.png (first row: the inputs). "
@@ -773,6 +783,7 @@ def run_two_adapter_cli(args) -> int:
         num_images=args.num_images,
         steps=args.steps,
         overwrite=args.overwrite,
+        content_recipe=args.content_recipe,
     )
     print(two_adapter_markdown(results))
     return 0
