@@ -5,6 +5,10 @@
     python -m stylecraft.world.pretrain vq      --out runs/world/vq
     python -m stylecraft.world.pretrain clip    --out runs/world/clip
     python -m stylecraft.world.pretrain muse    --out runs/world/muse --vq runs/world/vq --clip runs/world/clip
+    python -m stylecraft.world.pretrain sd-vae  --out runs/world/sd-vae   # shapes-sd: docs/shapes-sd.md
+    python -m stylecraft.world.pretrain sd-unet --out runs/world/sd-unet --vae runs/world/sd-vae
+    python -m stylecraft.world.pretrain ip-adapter --out runs/world/sd-ip-adapter --sd runs/world/sd-unet/shapes-sd
+    python -m stylecraft.world.pretrain controlnet --out runs/world/sd-controlnet --sd runs/world/sd-unet/shapes-sd
     python -m stylecraft.world.pretrain ship    --runs runs/world      # copy the results into world/weights/
     python -m stylecraft.world.pretrain evaluate --images 512          # the shipped VQ and Muse-mini, judged again
 
@@ -15,7 +19,8 @@ Evaluation uses fixed seeds (``EVAL_SEED``) disjoint from training seeds.
 
 This module holds what every model shares (the recipe, the loop, the command line); each model's training and
 evaluation live in their own module: ``train_judges`` (oracles, glyph detector), ``train_vq``, ``train_clip``,
-``train_muse``, and ``ship``.
+``train_muse``, ``train_sd`` (shapes-sd's VAE and UNet), ``train_sd_adapters`` (its IP-Adapter and ControlNet), and
+``ship``.
 """
 
 from __future__ import annotations
@@ -195,7 +200,8 @@ def finish(out: Path, name: str, recipe: Recipe, wall: float, history: list[dict
 
 def build_parser(prog: str = "python -m stylecraft.world.pretrain") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
-    parser.add_argument("model", choices=["oracles", "glyph", "vq", "clip", "muse", "ship", "evaluate"])
+    trained = ["oracles", "glyph", "vq", "clip", "muse", "sd-vae", "sd-unet", "ip-adapter", "controlnet"]
+    parser.add_argument("model", choices=[*trained, "ship", "evaluate"])
     parser.add_argument(
         "--out", type=Path, help="run folder (weights, checkpoint.pt, training.json); for evaluate, evaluation.json's"
     )
@@ -214,7 +220,14 @@ def build_parser(prog: str = "python -m stylecraft.world.pretrain") -> argparse.
         "--clip",
         type=Path,
         help="CLIP run folder: for muse, its text tower (default runs/world/clip); for ship, the one to ship "
-        "(default RUNS/clip)",
+        "(default RUNS/clip); for sd-unet's text encoder and ip-adapter's image encoder (default: the shipped CLIP)",
+    )
+    parser.add_argument("--vae", type=Path, default=Path("runs/world/sd-vae"), help="sd-vae run folder (for sd-unet)")
+    parser.add_argument(
+        "--sd",
+        type=Path,
+        default=Path("runs/world/sd-unet/shapes-sd"),
+        help="shapes-sd folder to build on (for ip-adapter and controlnet)",
     )
     parser.add_argument("--runs", type=Path, default=Path("runs/world"), help="folder of runs to ship")
     parser.add_argument(
@@ -261,6 +274,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     from .train_clip import train_clip
     from .train_judges import train_glyph_oracle, train_oracles
     from .train_muse import evaluate_models, train_muse
+    from .train_sd import train_sd_unet, train_sd_vae
+    from .train_sd_adapters import train_controlnet, train_ip_adapter
     from .train_vq import train_vq
 
     if args.model == "ship":
@@ -305,6 +320,14 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         train_vq(recipe, args.out, args.resume, args.oracles)
     elif args.model == "clip":
         train_clip(recipe, args.out, args.resume)
+    elif args.model == "sd-vae":
+        train_sd_vae(recipe, args.out, args.resume, args.oracles)
+    elif args.model == "sd-unet":
+        train_sd_unet(recipe, args.out, args.resume, args.vae, args.clip, args.oracles)
+    elif args.model == "ip-adapter":
+        train_ip_adapter(recipe, args.out, args.resume, args.sd, args.clip)
+    elif args.model == "controlnet":
+        train_controlnet(recipe, args.out, args.resume, args.sd)
     else:
         train_muse(recipe, args.out, args.resume, args.vq, args.clip or Path("runs/world/clip"), args.oracles)
 

@@ -1,0 +1,300 @@
+"""Train ``shapes-sd``, the shapes world's latent diffusion model in Stable Diffusion 1.5's folder layout.
+
+    python -m stylecraft.world.pretrain sd-vae  --out runs/world/sd-vae
+    python -m stylecraft.world.pretrain sd-unet --out runs/world/sd-unet --vae runs/world/sd-vae
+
+``sd-vae`` trains an ``AutoencoderKL`` on renders of every style (reconstruction + SD's small KL term); ``sd-unet``
+trains a ``UNet2DConditionModel`` on that VAE's latents of renders of the SEEN styles only, conditioned on the mini
+CLIP's text tower (classifier-free dropout of the caption), and writes ``OUT/shapes-sd/``: model_index.json, unet/,
+vae/, text_encoder/, tokenizer/, scheduler/, feature_extractor/ (no safety checker), which
+``StableDiffusionPipeline.from_pretrained`` loads unchanged. Its IP-Adapter and ControlNet: ``train_sd_adapters``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..errors import StylecraftError
+from ..io import make_grid
+from . import WEIGHTS, renderer
+from .oracles import Oracles, oracle_accuracy
+from .pretrain import EVAL_SEED, Recipe, evaluation_oracles, finish, to_tensor, train_loop
+
+# SD 1.5's noise schedule (runwayml/stable-diffusion-v1-5 scheduler/scheduler_config.json).
+NOISE_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+
+def training_batch(
+    batch_size: int, seed: int, step: int, styles: tuple[str, ...] | None = None
+) -> tuple[np.ndarray, renderer.Scenes]:
+    """Batch ``step`` of ``renderer.stream(batch_size, seed, styles)``, drawn directly: a resumed run continues
+    the stream where it stopped instead of starting it again."""
+    rng = np.random.default_rng([seed, step])
+    scenes = renderer.sample_scenes(batch_size, rng, styles)
+    return renderer.render(scenes, rng), scenes
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The torch generator of training step ``step`` (noise, timesteps, dropout), seeded by ``(seed, step)`` like
+    the render stream, so a resumed run draws exactly what an uninterrupted one would."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
+
+
+def clip_folder(path: str | Path | None) -> Path:
+    """The mini CLIP to build on: a CLIP folder, a CLIP run folder (holding ``clip/``), or None for the shipped one."""
+    folder = WEIGHTS / "clip" if path is None else Path(path)
+    folder = folder / "clip" if (folder / "clip" / "config.json").is_file() else folder
+    if not (folder / "config.json").is_file():
+        raise StylecraftError(
+            f"no mini CLIP in {path} (no config.json); pass --clip with a CLIP folder or run folder, or omit it for "
+            "the shipped one"
+        )
+    return folder
+
+
+def build_vae(model: dict):
+    """An ``AutoencoderKL`` for 64×64 RGB renders; ``model`` holds its sizes (recipe ``model``). Each entry of
+    ``block_out_channels`` after the first halves the resolution: 4 entries give 8×8 latents."""
+    from diffusers import AutoencoderKL
+
+    levels = len(model["block_out_channels"])
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * levels,
+        up_block_types=["UpDecoderBlock2D"] * levels,
+        sample_size=renderer.SIZE,
+        **model,
+    )
+
+
+def build_unet(model: dict, latent_size: int, latent_channels: int, cross_attention_dim: int):
+    """A ``UNet2DConditionModel`` with cross-attention in every down, mid and up block (so which blocks carry style
+    is a real question for InstantStyle), one resolution level per entry of ``block_out_channels``."""
+    from diffusers import UNet2DConditionModel
+
+    levels = len(model["block_out_channels"])
+    if levels < 3:
+        raise StylecraftError(f"shapes-sd's UNet needs at least 3 resolution levels, got block_out_channels {levels}")
+    return UNet2DConditionModel(
+        sample_size=latent_size,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
+        down_block_types=["CrossAttnDownBlock2D"] * levels,
+        up_block_types=["CrossAttnUpBlock2D"] * levels,
+        cross_attention_dim=cross_attention_dim,
+        **model,
+    )
+
+
+def text_tower(folder: Path):
+    """The mini CLIP's text tower as SD 1.5's ``text_encoder`` (a ``CLIPTextModel``: the pipeline reads its last
+    hidden states) and its tokenizer."""
+    from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
+
+    clip = CLIPModel.from_pretrained(folder, local_files_only=True)
+    text_encoder = CLIPTextModel(clip.config.text_config)
+    text_encoder.load_state_dict(clip.text_model.state_dict())
+    return text_encoder.eval().requires_grad_(False), CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+@dataclass
+class LatentDiffusion:
+    """The frozen parts every denoiser stage shares (UNet, IP-Adapter, ControlNet) and the forward process."""
+
+    vae: object  # AutoencoderKL
+    text_encoder: object  # CLIPTextModel
+    tokenizer: object  # CLIPTokenizer
+    scheduler: object  # DDPMScheduler (training)
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> LatentDiffusion:
+        """The frozen parts of a shapes-sd folder (written by ``sd-unet``)."""
+        from diffusers import AutoencoderKL, DDPMScheduler
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        if not (folder / "model_index.json").is_file():
+            raise StylecraftError(
+                f"{folder} is not a shapes-sd folder (no model_index.json); train it first (python -m "
+                "stylecraft.world.pretrain sd-unet --out runs/world/sd-unet) and pass --sd runs/world/sd-unet"
+            )
+        vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True).eval().requires_grad_(False)
+        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True)
+        return cls(
+            vae,
+            text_encoder.eval().requires_grad_(False),
+            CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True),
+            DDPMScheduler.from_pretrained(folder / "scheduler", local_files_only=True),
+        )
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        """Captions -> the text encoder's last hidden states [n, tokens, width], as the pipeline computes them."""
+        ids = self.tokenizer(
+            captions, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True
+        ).input_ids
+        return self.text_encoder(torch.tensor(ids))[0]
+
+    @torch.no_grad()
+    def noised(self, images: np.ndarray, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """Renders -> (noisy latents, timesteps, regression target), the DDPM forward process on the VAE's latents."""
+        posterior = self.vae.encode(to_tensor(images) * 2 - 1).latent_dist
+        latents = posterior.sample(generator) * self.vae.config.scaling_factor  # [n, c, h, w]
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = torch.randint(self.scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+        noisy = self.scheduler.add_noise(latents, noise, timesteps)  # sqrt(ᾱ_t)·x0 + sqrt(1-ᾱ_t)·ε (DDPM Eq. 4)
+        if self.scheduler.config.prediction_type == "v_prediction":
+            return noisy, timesteps, self.scheduler.get_velocity(latents, noise, timesteps)
+        return noisy, timesteps, noise
+
+
+def drop_captions(captions: list[str], drop: torch.Tensor) -> list[str]:
+    """The empty prompt where ``drop`` is True: classifier-free guidance's unconditional branch."""
+    return ["" if dropped else caption for caption, dropped in zip(captions, drop.tolist(), strict=True)]
+
+
+# ----------------------------------------------------------------------------------------------- VAE
+
+
+def train_sd_vae(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None:
+    """Reconstruction (squared + absolute error) plus SD's small KL term, on renders of every style."""
+    torch.manual_seed(recipe.seed)
+    vae = build_vae(recipe.model)
+    kl_weight = recipe.extra.get("kl_weight", 1e-6)
+
+    def step_fn(step):
+        images, _ = training_batch(recipe.batch_size, recipe.seed, step)
+        x = to_tensor(images) * 2 - 1  # [n, 3, 64, 64] in [-1, 1], as SD's VAE takes pixels
+        posterior = vae.encode(x).latent_dist
+        reconstruction = vae.decode(posterior.sample(step_generator(recipe.seed, step))).sample.float()
+        error = (reconstruction - x).square() + 0.5 * (reconstruction - x).abs()
+        # SD's ratio: reconstruction summed over pixels, KL summed over latents × kl_weight (1e-6); both / pixels here.
+        kl = posterior.kl().mean() / x[0].numel()
+        return error.mean() + kl_weight * kl, {"kl": round(kl.item(), 4)}
+
+    wall, history = train_loop(recipe, out, {"vae": vae}, list(vae.parameters()), step_fn, resume)
+    with torch.no_grad():  # latents of unit variance for the UNet, as SD's 0.18215 does for its VAE
+        images, _ = renderer.render_batch(256, EVAL_SEED)
+        spread = vae.encode(to_tensor(images) * 2 - 1).latent_dist.mean.std().item()
+    vae.register_to_config(scaling_factor=round(1.0 / spread, 5))
+    vae.save_pretrained(out / "vae")
+    contact_sheet(vae).save(out / "reconstructions.png")
+    metrics = evaluate_vae(vae, evaluation_oracles(oracles), recipe.eval_images)
+    finish(out, "sd-vae", recipe, wall, history, metrics)
+
+
+@torch.no_grad()
+def reconstruct_vae(vae, images: np.ndarray) -> torch.Tensor:
+    """uint8 [n, 64, 64, 3] -> the VAE's reconstruction of the posterior mean, float [n, 3, 64, 64] in [0, 1]."""
+    x = to_tensor(images) * 2 - 1
+    return ((vae.decode(vae.encode(x).latent_dist.mean).sample + 1) / 2).clamp(0, 1)
+
+
+def contact_sheet(vae, rows: int = 2) -> Image.Image:
+    """One render per style (columns, in ``renderer.STYLES`` order) over its reconstruction, ``rows`` such pairs."""
+    tiles = []
+    for row in range(rows):
+        images = np.concatenate(
+            [renderer.render_batch(1, EVAL_SEED + row, (style,))[0] for style in renderer.STYLES]
+        )  # [styles, 64, 64, 3]
+        recon = (reconstruct_vae(vae, images).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+        tiles += [Image.fromarray(image) for image in (*images, *recon)]
+    return make_grid(tiles, columns=len(renderer.STYLES))
+
+
+def evaluate_vae(vae, oracles: Oracles, n: int) -> dict:
+    """Oracle accuracy on fresh renders and on their reconstructions, seen and held-out styles; pixel MSE."""
+    result = {}
+    for group, styles in (("seen", renderer.SEEN_STYLES), ("held_out", renderer.HELD_OUT_STYLES)):
+        images, scenes = renderer.render_batch(n, EVAL_SEED, styles)
+        recon = torch.cat([reconstruct_vae(vae, images[i : i + 64]) for i in range(0, n, 64)])
+        result[group] = {
+            "original": oracle_accuracy(oracles, images, scenes.labels()),
+            "reconstruction": oracle_accuracy(oracles, recon, scenes.labels()),
+            "pixel_mse": round(F.mse_loss(recon, to_tensor(images)).item(), 5),
+        }
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- UNet
+
+
+def train_sd_unet(recipe: Recipe, out: Path, resume: bool, vae_run: Path, clip: Path | None, oracles: Path) -> None:
+    """Denoising on the VAE's latents of seen-style renders, caption dropped with ``extra.empty_prompt_prob``."""
+    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
+    from transformers import CLIPImageProcessor
+
+    if not (vae_run / "vae" / "config.json").is_file():
+        raise StylecraftError(
+            f"no VAE in {vae_run}/vae: train it first (python -m stylecraft.world.pretrain sd-vae --out {vae_run}) "
+            "or pass --vae RUN_FOLDER"
+        )
+    prediction = recipe.extra.get("prediction_type", "epsilon")
+    if prediction not in ("epsilon", "v_prediction"):
+        raise StylecraftError(f"extra.prediction_type must be epsilon or v_prediction, got {prediction!r}")
+    empty_prompt_prob = recipe.extra.get("empty_prompt_prob", 0.1)
+    clip = clip_folder(clip)
+    vae = AutoencoderKL.from_pretrained(vae_run / "vae", local_files_only=True).eval().requires_grad_(False)
+    text_encoder, tokenizer = text_tower(clip)
+    parts = LatentDiffusion(vae, text_encoder, tokenizer, DDPMScheduler(**NOISE_SCHEDULE, prediction_type=prediction))
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    torch.manual_seed(recipe.seed)
+    unet = build_unet(recipe.model, renderer.SIZE // scale, vae.config.latent_channels, text_encoder.config.hidden_size)
+
+    def step_fn(step):
+        images, scenes = training_batch(recipe.batch_size, recipe.seed, step, renderer.SEEN_STYLES)  # never held out
+        generator = step_generator(recipe.seed, step)
+        noisy, timesteps, target = parts.noised(images, generator)
+        drop = torch.rand(len(images), generator=generator) < empty_prompt_prob
+        text = parts.encode_text(drop_captions(scenes.captions(), drop))
+        return F.mse_loss(unet(noisy, timesteps, text).sample.float(), target), {}
+
+    wall, history = train_loop(recipe, out, {"unet": unet}, list(unet.parameters()), step_fn, resume)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        # DDPM trains; DDIM samples in a few dozen steps from the same noise schedule.
+        scheduler=DDIMScheduler(
+            **NOISE_SCHEDULE, prediction_type=prediction, clip_sample=False, set_alpha_to_one=False, steps_offset=1
+        ),
+        safety_checker=None,
+        feature_extractor=CLIPImageProcessor.from_pretrained(clip, local_files_only=True),  # [-1, 1] at 64×64
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out / "shapes-sd")
+    pipe = StableDiffusionPipeline.from_pretrained(out / "shapes-sd", local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    settings = recipe.extra.get("eval", {})
+    metrics = evaluate_sd(pipe, evaluation_oracles(oracles), settings) if settings.get("images", 128) else {}
+    finish(out, "sd-unet", recipe, wall, history, metrics)
+
+
+@torch.no_grad()
+def evaluate_sd(pipe, oracles: Oracles, settings: dict) -> dict:
+    """Oracle accuracy of CFG samples of fresh prompts, seen styles (the target) and held-out ones (for reference),
+    and the seconds 16 images take (median over the batches)."""
+    n, steps, guidance = settings.get("images", 128), settings.get("steps", 25), settings.get("guidance", 3.0)
+    result = {"sampler": {"steps": steps, "guidance_scale": guidance, "images": n}}
+    sampler = {"num_inference_steps": steps, "guidance_scale": guidance, "output_type": "pt"}
+    for group, styles in (("seen", renderer.SEEN_STYLES), ("held_out", renderer.HELD_OUT_STYLES)):
+        scenes = renderer.sample_scenes(n, np.random.default_rng(EVAL_SEED), styles)
+        prompts, images, seconds = scenes.captions(), [], []
+        for i in range(0, n, 16):
+            began = time.time()
+            images.append(
+                pipe(prompts[i : i + 16], generator=torch.Generator().manual_seed(EVAL_SEED + i), **sampler).images
+            )
+            seconds.append(time.time() - began)
+        result[f"{group}_seconds_per_16_images"] = round(float(np.median(seconds)), 2)  # a smaller last batch too
+        accuracy = oracle_accuracy(oracles, torch.cat(images), scenes.labels())
+        result[group] = {k: round(v, 4) for k, v in accuracy.items()}
+    return result

@@ -1,0 +1,166 @@
+"""Train shapes-sd's two add-ons on its frozen UNet: an IP-Adapter and a canny ControlNet.
+
+    python -m stylecraft.world.pretrain ip-adapter --out runs/world/sd-ip-adapter --sd runs/world/sd-unet/shapes-sd
+    python -m stylecraft.world.pretrain controlnet --out runs/world/sd-controlnet --sd runs/world/sd-unet/shapes-sd
+
+The IP-Adapter follows its paper (Ye et al. 2023, arXiv 2308.06721) and the official training script: decoupled
+cross-attention (a new ``to_k_ip``/``to_v_ip`` per cross-attention layer, started from that layer's ``to_k``/``to_v``)
+and an image projection of the CLIP image embedding to 4 tokens; the base UNet frozen; the image, the text or both
+dropped 5 % of the time each. The image encoder is the mini CLIP's vision tower as a
+``CLIPVisionModelWithProjection``. It is saved in h94's layout, ``OUT/ip-adapter/ip-adapter.safetensors`` (keys
+``image_proj.*`` and ``ip_adapter.{1,3,...}.to_{k,v}_ip.weight``) beside ``OUT/ip-adapter/image_encoder/``, so
+``pipe.load_ip_adapter(OUT, subfolder="ip-adapter", weight_name="ip-adapter.safetensors")`` loads it unchanged.
+
+The ControlNet (Zhang et al. 2023, arXiv 2302.05543) is ``ControlNetModel.from_unet(unet)``, trained on the canny
+edges of the render (``instantstyle.canny_edges``, the same edges a content image gets) with the base frozen; saved
+as ``OUT/controlnet/``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..errors import StylecraftError
+from ..instantstyle import canny_edges, ip_adapter_processors
+from . import renderer
+from .pretrain import Recipe, finish, to_tensor, train_loop
+from .train_sd import LatentDiffusion, clip_folder, drop_captions, step_generator, training_batch
+
+IP_ADAPTER_WEIGHTS = "ip-adapter.safetensors"
+IMAGE_TOKENS = 4  # the basic IP-Adapter's image tokens (h94's ip-adapter_sd15)
+
+
+def image_tower(folder: Path):
+    """The mini CLIP's vision tower as an IP-Adapter image encoder (``CLIPVisionModelWithProjection``)."""
+    from transformers import CLIPModel, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    clip = CLIPModel.from_pretrained(folder, local_files_only=True)
+    config = CLIPVisionConfig(**{**clip.config.vision_config.to_dict(), "projection_dim": clip.config.projection_dim})
+    encoder = CLIPVisionModelWithProjection(config)
+    encoder.vision_model.load_state_dict(clip.vision_model.state_dict())
+    encoder.visual_projection.load_state_dict(clip.visual_projection.state_dict())
+    return encoder.eval().requires_grad_(False)
+
+
+def load_base(sd_folder: Path):
+    """A shapes-sd folder's frozen parts and its UNet (frozen, in eval mode)."""
+    from diffusers import UNet2DConditionModel
+
+    parts = LatentDiffusion.from_folder(sd_folder)
+    unet = UNet2DConditionModel.from_pretrained(sd_folder / "unet", local_files_only=True)
+    return parts, unet.eval().requires_grad_(False)
+
+
+def initial_ip_adapter(unet, image_embed_dim: int) -> dict[str, dict[str, torch.Tensor]]:
+    """A fresh IP-Adapter in h94's state-dict layout: each ``to_k_ip``/``to_v_ip`` a copy of its layer's
+    ``to_k``/``to_v`` (the official training script's start), a random projection of the image embedding."""
+    from diffusers.models.embeddings import ImageProjection
+
+    ip_layers, key_id = {}, 1  # odd ids: the cross-attention (attn2) processor of each attn1/attn2 pair
+    for name in unet.attn_processors:
+        if name.endswith("attn2.processor"):
+            attention = unet.get_submodule(name.removesuffix(".processor"))
+            ip_layers[f"{key_id}.to_k_ip.weight"] = attention.to_k.weight.detach().clone()
+            ip_layers[f"{key_id}.to_v_ip.weight"] = attention.to_v.weight.detach().clone()
+            key_id += 2
+    cross_dim = unet.config.cross_attention_dim
+    projection = ImageProjection(image_embed_dim, cross_dim, num_image_text_embeds=IMAGE_TOKENS).state_dict()
+    return {
+        "image_proj": {k.replace("image_embeds", "proj"): v for k, v in projection.items()},
+        "ip_adapter": ip_layers,
+    }
+
+
+def ip_adapter_state_dict(unet) -> dict[str, torch.Tensor]:
+    """The IP-Adapter loaded in ``unet`` back in h94's flat layout (diffusers' loader renames ``proj`` to
+    ``image_embeds`` and numbers the processors 1, 3, 5, ... in ``attn_processors`` order; this undoes both)."""
+    projection = unet.encoder_hid_proj.image_projection_layers[0].state_dict()
+    flat = {f"image_proj.{k.replace('image_embeds', 'proj')}": v for k, v in projection.items()}
+    for i, processor in enumerate(ip_adapter_processors(unet).values()):
+        flat[f"ip_adapter.{2 * i + 1}.to_k_ip.weight"] = processor.to_k_ip[0].weight
+        flat[f"ip_adapter.{2 * i + 1}.to_v_ip.weight"] = processor.to_v_ip[0].weight
+    return {key: value.detach().contiguous() for key, value in flat.items()}
+
+
+def train_ip_adapter(recipe: Recipe, out: Path, resume: bool, sd_folder: Path, clip: Path | None) -> None:
+    """Image-prompt training on seen-style renders: the reference image is the target image itself (paper §3.3)."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import save_file
+    from transformers import CLIPImageProcessor
+
+    parts, _ = load_base(sd_folder)
+    pipe = StableDiffusionPipeline.from_pretrained(sd_folder, local_files_only=True)
+    unet, clip = pipe.unet.requires_grad_(False), clip_folder(clip)
+    image_encoder = image_tower(clip)
+    torch.manual_seed(recipe.seed)
+    adapter = initial_ip_adapter(unet, image_encoder.config.projection_dim)
+    pipe.load_ip_adapter(
+        [adapter], subfolder=[""], weight_name=[""], image_encoder_folder=None, low_cpu_mem_usage=False
+    )
+    trained = torch.nn.ModuleDict(
+        {"image_proj": unet.encoder_hid_proj, "ip_layers": torch.nn.ModuleList(ip_adapter_processors(unet).values())}
+    ).requires_grad_(True)
+    drop_prob = recipe.extra.get("drop_prob", 0.05)
+
+    def step_fn(step):
+        images, scenes = training_batch(recipe.batch_size, recipe.seed, step, renderer.SEEN_STYLES)
+        generator = step_generator(recipe.seed, step)
+        noisy, timesteps, target = parts.noised(images, generator)
+        with torch.no_grad():
+            image_embeds = image_encoder(pixel_values=to_tensor(images) * 2 - 1).image_embeds  # [n, D]
+        # The official script's dropout: one draw per sample; image only, text only, both (5 % each by default).
+        draw = torch.rand(len(images), generator=generator)
+        drop_image = (draw < drop_prob) | ((draw >= 2 * drop_prob) & (draw < 3 * drop_prob))
+        drop_text = (draw >= drop_prob) & (draw < 3 * drop_prob)
+        image_embeds = torch.where(drop_image[:, None], 0.0, image_embeds)  # zeros: the unconditional image
+        text = parts.encode_text(drop_captions(scenes.captions(), drop_text))
+        added = {"image_embeds": [image_embeds[:, None]]}  # one adapter, one image each: [n, 1, D]
+        prediction = unet(noisy, timesteps, text, added_cond_kwargs=added).sample.float()
+        return F.mse_loss(prediction, target), {}
+
+    wall, history = train_loop(recipe, out, {"ip_adapter": trained}, list(trained.parameters()), step_fn, resume)
+    folder = out / "ip-adapter"
+    image_encoder.save_pretrained(folder / "image_encoder")
+    CLIPImageProcessor.from_pretrained(clip, local_files_only=True).save_pretrained(folder / "image_encoder")
+    save_file(ip_adapter_state_dict(unet), folder / IP_ADAPTER_WEIGHTS)
+    finish(out, "ip-adapter", recipe, wall, history, {})
+
+
+def train_controlnet(recipe: Recipe, out: Path, resume: bool, sd_folder: Path) -> None:
+    """Canny-edge conditioning on seen-style renders, the base UNet frozen, the caption dropped with
+    ``extra.empty_prompt_prob`` (the ControlNet paper drops half of them, so the edges alone must carry the layout)."""
+    from diffusers import ControlNetModel
+
+    parts, unet = load_base(sd_folder)
+    levels = len(parts.vae.config.block_out_channels)  # the edge encoder must shrink 64 px to the latents' size
+    channels = recipe.model.get("conditioning_embedding_out_channels", [16, 32, 96, 256][:levels])
+    if len(channels) != levels:
+        raise StylecraftError(
+            f"model.conditioning_embedding_out_channels needs {levels} entries (one per VAE level, to reach the "
+            f"latents' {renderer.SIZE // 2 ** (levels - 1)}×{renderer.SIZE // 2 ** (levels - 1)}), got {channels}"
+        )
+    torch.manual_seed(recipe.seed)
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=tuple(channels))
+    empty_prompt_prob = recipe.extra.get("empty_prompt_prob", 0.5)
+
+    def step_fn(step):
+        images, scenes = training_batch(recipe.batch_size, recipe.seed, step, renderer.SEEN_STYLES)
+        generator = step_generator(recipe.seed, step)
+        noisy, timesteps, target = parts.noised(images, generator)
+        edges = to_tensor(np.stack([np.asarray(canny_edges(Image.fromarray(image))) for image in images]))  # [0, 1]
+        drop = torch.rand(len(images), generator=generator) < empty_prompt_prob
+        text = parts.encode_text(drop_captions(scenes.captions(), drop))
+        down, mid = controlnet(noisy, timesteps, text, controlnet_cond=edges, return_dict=False)
+        prediction = unet(
+            noisy, timesteps, text, down_block_additional_residuals=down, mid_block_additional_residual=mid
+        ).sample.float()
+        return F.mse_loss(prediction, target), {}
+
+    wall, history = train_loop(recipe, out, {"controlnet": controlnet}, list(controlnet.parameters()), step_fn, resume)
+    controlnet.save_pretrained(out / "controlnet")
+    finish(out, "controlnet", recipe, wall, history, {})
