@@ -249,8 +249,8 @@ class Studio:
 
 class StudioServer(ThreadingHTTPServer):
     daemon_threads = True
-    # The listen backlog: the default 5 reset 13-32 of 300 concurrent connections (issue #32). The kernel caps it at
-    # net.core.somaxconn.
+    # The listen backlog. With the default 5, a burst of 300 connections lost some: 13-32 reset (issue #32), 100 timed
+    # out here (tests/test_ui_safety.py). The kernel caps it at net.core.somaxconn.
     request_queue_size = socket.SOMAXCONN
 
     def __init__(self, studio: Studio, host: str, port: int):
