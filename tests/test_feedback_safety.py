@@ -8,7 +8,7 @@ import test_feedback
 from test_outputs_safety import Killed, kill_at, same, weights
 
 from stylecraft.cli import main
-from stylecraft.feedback import read_picks, select, write_picks
+from stylecraft.feedback import read_picks, select, style_reference, write_picks
 from stylecraft.io import recover
 from stylecraft.locks import folder_lock
 from stylecraft.ui import Studio
@@ -80,3 +80,8 @@ def test_a_killed_feedback_rerun_keeps_the_previous_round2_adapter(
     after = weights(out / "adapter")  # the same seed, so the same weights as a run never killed
     assert len(found) >= 2 and not same(before, after)  # killed at least twice; old and new can be told apart
     assert all(same(left, before) or same(left, after) for left in found)
+
+    # Killed after the swap but before the style reference is copied in: Round 3 from this adapter still scores
+    # against the round's reference, not against the adapter's first training image (a pick)
+    (out / "adapter" / "style_reference.png").unlink()
+    assert style_reference(out / "adapter") == out / "reference.png"

@@ -238,12 +238,15 @@ def generate_candidates(
 
 
 def style_reference(adapter: str | Path) -> Path | None:
-    """The style reference behind an adapter: the one a later round's adapter carries, else the adapter's (first)
-    training image (a Round-1 adapter's is the reference itself; a Round-2 adapter's first is only a pick)."""
-    for path in (Path(adapter) / STYLE_REFERENCE_NAME, Path(adapter) / "train_images" / "000.png"):
-        if path.is_file():
-            return path
-    return None
+    """The style reference behind an adapter: the one a later round's adapter carries, else, for ROUND/adapter, the
+    round's own (``train_round`` copies it in only after the adapter is in place, so a kill in between leaves none),
+    else the adapter's (first) training image (a Round-1 adapter's is the reference itself; a Round-2 adapter's first
+    is only a pick)."""
+    adapter = Path(adapter)
+    paths = [adapter / STYLE_REFERENCE_NAME, adapter / "train_images" / "000.png"]
+    if adapter.name == "adapter" and (adapter.parent / ROUND_NAME).is_file():
+        paths.insert(1, adapter.parent / "reference.png")
+    return next((path for path in paths if path.is_file()), None)
 
 
 def load_scores(round_dir: str | Path) -> dict:
