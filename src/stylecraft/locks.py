@@ -28,7 +28,8 @@ def lock_path(folder: str | Path) -> Path:
 def folder_lock(folder: str | Path, what: str = "writing") -> Iterator[None]:
     """Hold the exclusive lock of ``folder`` for the block; raise at once if another process holds it.
 
-    ``what`` names the work in the error message (e.g. "training", "the feedback studio").
+    ``what`` names this process's work (e.g. "training", "the feedback studio"); the holder writes it and its pid
+    into the lock file, so a refused process can say who holds the folder.
     """
     path = lock_path(folder)
     try:
@@ -41,13 +42,16 @@ def folder_lock(folder: str | Path, what: str = "writing") -> Iterator[None]:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
+        holder = os.read(fd, 200).decode("utf-8", "replace").strip()  # "(its work) with pid N", or "" if unwritten
         os.close(fd)
         if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise
         raise StylecraftError(
-            f"{Path(folder)} is in use by another stylecraft process ({what}); wait for it to finish or pick "
-            "another folder"
+            f"{Path(folder)} is in use by another stylecraft process {holder or '(starting)'}; wait for it to "
+            "finish or pick another folder"
         ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"({what}) with pid {os.getpid()}".encode())
     try:
         yield
     finally:
