@@ -232,7 +232,7 @@ def fill_disk_after(monkeypatch, writes: int) -> None:
     monkeypatch.setattr(io, "_write_file", write)
 
 
-@pytest.mark.parametrize("writes", [0, 2, 8])  # at the 1st checkpoint, the 2nd, the adapter's config
+@pytest.mark.parametrize("writes", [0, 2, 8])  # at the 1st checkpoint, the 2nd, the adapter itself
 def test_a_full_disk_is_one_line_and_nothing_blocks_the_rerun(muse, image, tmp_path, monkeypatch, writes):
     out = tmp_path / "ad"
     fill_disk_after(monkeypatch, writes)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from .errors import StylecraftError
@@ -287,11 +287,11 @@ class AdaptedTransformer(nn.Module):
 
     def save_adapter(self, name: str, folder: str | Path) -> None:
         """Write ``adapter_model.safetensors`` then ``adapter_config.json`` (written last: it marks completion)."""
-        from .io import _atomic_write, write_json
+        from .io import write_bytes, write_json
 
         folder = Path(folder)
         state = self.adapter_state_dict(name)
-        _atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        write_bytes(folder / WEIGHTS_NAME, save(state, metadata={"format": "pt"}))  # a full disk: io's error line
         write_json(folder / CONFIG_NAME, asdict(self.configs[name]))
 
     def load_adapter(self, folder: str | Path, name: str | None = None) -> str:
