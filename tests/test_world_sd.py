@@ -25,6 +25,16 @@ UNET_EXTRA = {"empty_prompt_prob": 0.1, "eval": {"images": 2, "steps": 2, "guida
 NO_EVAL = {"empty_prompt_prob": 0.1, "eval": {"images": 0}}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: two threads of tiny models on this shared 2-core machine spin against the other processes
+    (the fixture's two stages took 86 s with two threads, 26 s with one, imports included)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny(name: str, **overrides):
     return load_recipe(name, overrides={**TINY, **overrides})
 
@@ -110,10 +120,10 @@ def test_sd_unet_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(shape
 def test_sd_unet_loss_on_a_fixed_batch_goes_down_in_30_steps(shapes_sd, tmp_path):
     from diffusers import UNet2DConditionModel
 
-    from stylecraft.world.train_sd import LatentDiffusion, build_unet, step_generator
+    from stylecraft.world.train_sd import LatentDiffusion, build_unet, load_shapes_sd, step_generator
 
     recipe = train_unet(tmp_path / "run", shapes_sd / "vae", steps=30, batch_size=8, lr=2e-3, warmup=5)
-    parts = LatentDiffusion.from_folder(tmp_path / "run" / "shapes-sd")
+    parts = LatentDiffusion.from_pipeline(load_shapes_sd(tmp_path / "run" / "shapes-sd"))
     images, scenes = renderer.render_batch(32, 123, renderer.SEEN_STYLES)
     noisy, timesteps, target = parts.noised(images, step_generator(99, 0))
     text = parts.encode_text(scenes.captions())

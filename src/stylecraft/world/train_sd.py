@@ -115,24 +115,13 @@ class LatentDiffusion:
     scheduler: object  # DDPMScheduler (training)
 
     @classmethod
-    def from_folder(cls, folder: Path) -> LatentDiffusion:
-        """The frozen parts of a shapes-sd folder (written by ``sd-unet``)."""
-        from diffusers import AutoencoderKL, DDPMScheduler
-        from transformers import CLIPTextModel, CLIPTokenizer
+    def from_pipeline(cls, pipe) -> LatentDiffusion:
+        """The frozen parts of a loaded shapes-sd pipeline (``load_shapes_sd``), with DDPM on its noise schedule."""
+        from diffusers import DDPMScheduler
 
-        if not (folder / "model_index.json").is_file():
-            raise StylecraftError(
-                f"{folder} is not a shapes-sd folder (no model_index.json); train it first (python -m "
-                "stylecraft.world.pretrain sd-unet --out runs/world/sd-unet) and pass --sd runs/world/sd-unet"
-            )
-        vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True).eval().requires_grad_(False)
-        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True)
-        return cls(
-            vae,
-            text_encoder.eval().requires_grad_(False),
-            CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True),
-            DDPMScheduler.from_pretrained(folder / "scheduler", local_files_only=True),
-        )
+        pipe.vae.eval().requires_grad_(False)
+        pipe.text_encoder.eval().requires_grad_(False)
+        return cls(pipe.vae, pipe.text_encoder, pipe.tokenizer, DDPMScheduler.from_config(pipe.scheduler.config))
 
     @torch.no_grad()
     def encode_text(self, captions: list[str]) -> torch.Tensor:
@@ -153,6 +142,21 @@ class LatentDiffusion:
         if self.scheduler.config.prediction_type == "v_prediction":
             return noisy, timesteps, self.scheduler.get_velocity(latents, noise, timesteps)
         return noisy, timesteps, noise
+
+
+def load_shapes_sd(folder: Path):
+    """The ``StableDiffusionPipeline`` in a shapes-sd folder (written by ``sd-unet``), its UNet frozen."""
+    from diffusers import StableDiffusionPipeline
+
+    if not (folder / "model_index.json").is_file():
+        raise StylecraftError(
+            f"{folder} is not a shapes-sd folder (no model_index.json); train it first (python -m "
+            "stylecraft.world.pretrain sd-unet --out runs/world/sd-unet) and pass --sd runs/world/sd-unet/shapes-sd"
+        )
+    pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    pipe.unet.eval().requires_grad_(False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def drop_captions(captions: list[str], drop: torch.Tensor) -> list[str]:
@@ -271,8 +275,7 @@ def train_sd_unet(recipe: Recipe, out: Path, resume: bool, vae_run: Path, clip: 
         requires_safety_checker=False,
     )
     pipe.save_pretrained(out / "shapes-sd")
-    pipe = StableDiffusionPipeline.from_pretrained(out / "shapes-sd", local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load_shapes_sd(out / "shapes-sd")
     settings = recipe.extra.get("eval", {})
     metrics = evaluate_sd(pipe, evaluation_oracles(oracles), settings) if settings.get("images", 128) else {}
     finish(out, "sd-unet", recipe, wall, history, metrics)

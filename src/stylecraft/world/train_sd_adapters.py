@@ -29,7 +29,7 @@ from ..errors import StylecraftError
 from ..instantstyle import canny_edges, ip_adapter_processors
 from . import renderer
 from .pretrain import Recipe, finish, to_tensor, train_loop
-from .train_sd import LatentDiffusion, clip_folder, drop_captions, step_generator, training_batch
+from .train_sd import LatentDiffusion, clip_folder, drop_captions, load_shapes_sd, step_generator, training_batch
 
 IP_ADAPTER_WEIGHTS = "ip-adapter.safetensors"
 IMAGE_TOKENS = 4  # the basic IP-Adapter's image tokens (h94's ip-adapter_sd15)
@@ -45,15 +45,6 @@ def image_tower(folder: Path):
     encoder.vision_model.load_state_dict(clip.vision_model.state_dict())
     encoder.visual_projection.load_state_dict(clip.visual_projection.state_dict())
     return encoder.eval().requires_grad_(False)
-
-
-def load_base(sd_folder: Path):
-    """A shapes-sd folder's frozen parts and its UNet (frozen, in eval mode)."""
-    from diffusers import UNet2DConditionModel
-
-    parts = LatentDiffusion.from_folder(sd_folder)
-    unet = UNet2DConditionModel.from_pretrained(sd_folder / "unet", local_files_only=True)
-    return parts, unet.eval().requires_grad_(False)
 
 
 def initial_ip_adapter(unet, image_embed_dim: int) -> dict[str, dict[str, torch.Tensor]]:
@@ -89,13 +80,11 @@ def ip_adapter_state_dict(unet) -> dict[str, torch.Tensor]:
 
 def train_ip_adapter(recipe: Recipe, out: Path, resume: bool, sd_folder: Path, clip: Path | None) -> None:
     """Image-prompt training on seen-style renders: the reference image is the target image itself (paper §3.3)."""
-    from diffusers import StableDiffusionPipeline
     from safetensors.torch import save_file
     from transformers import CLIPImageProcessor
 
-    parts, _ = load_base(sd_folder)
-    pipe = StableDiffusionPipeline.from_pretrained(sd_folder, local_files_only=True)
-    unet, clip = pipe.unet.requires_grad_(False), clip_folder(clip)
+    pipe = load_shapes_sd(sd_folder)
+    parts, unet, clip = LatentDiffusion.from_pipeline(pipe), pipe.unet, clip_folder(clip)
     image_encoder = image_tower(clip)
     torch.manual_seed(recipe.seed)
     adapter = initial_ip_adapter(unet, image_encoder.config.projection_dim)
@@ -136,7 +125,8 @@ def train_controlnet(recipe: Recipe, out: Path, resume: bool, sd_folder: Path) -
     ``extra.empty_prompt_prob`` (the ControlNet paper drops half of them, so the edges alone must carry the layout)."""
     from diffusers import ControlNetModel
 
-    parts, unet = load_base(sd_folder)
+    pipe = load_shapes_sd(sd_folder)
+    parts, unet = LatentDiffusion.from_pipeline(pipe), pipe.unet
     levels = len(parts.vae.config.block_out_channels)  # the edge encoder must shrink 64 px to the latents' size
     channels = recipe.model.get("conditioning_embedding_out_channels", [16, 32, 96, 256][:levels])
     if len(channels) != levels:
