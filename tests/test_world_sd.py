@@ -147,7 +147,11 @@ def test_ip_adapter_stage_saves_h94s_layout_that_load_ip_adapter_and_instantstyl
     sd = shapes_sd / "unet" / "shapes-sd"
     out = shapes_sd / "ip"
     out.mkdir()
-    train_ip_adapter(tiny("ip-adapter", steps=3, lr=1e-2), out, False, sd, None)
+    extra = {"drop_prob": 0.05, "eval": {"images": 2, "steps": 2}}
+    train_ip_adapter(tiny("ip-adapter", steps=3, lr=1e-2, extra=extra), out, False, sd, None, NO_ORACLES)
+    metrics = json.loads((out / "training.json").read_text())["metrics"]
+    assert set(metrics["mean"]) == {"style_accuracy", "content_accuracy", "leakage"}
+    assert set(metrics) == {"sampler", "mean", *renderer.HELD_OUT_STYLES}
     weights = load_file(out / "ip-adapter" / IP_ADAPTER_WEIGHTS)
     assert {k for k in weights if k.startswith("image_proj.")} == {
         f"image_proj.{k}" for k in ("proj.weight", "proj.bias", "norm.weight", "norm.bias")
@@ -186,9 +190,11 @@ def test_controlnet_stage_saves_a_controlnet_the_controlnet_pipeline_loads(shape
     sd = shapes_sd / "unet" / "shapes-sd"
     out = shapes_sd / "controlnet"
     out.mkdir()
-    train_controlnet(
-        tiny("controlnet", steps=3, model={"conditioning_embedding_out_channels": [4, 4, 8, 8]}), out, False, sd
-    )
+    extra = {"empty_prompt_prob": 0.5, "eval": {"images": 2, "steps": 2}}
+    recipe = tiny("controlnet", steps=3, model={"conditioning_embedding_out_channels": [4, 4, 8, 8]}, extra=extra)
+    train_controlnet(recipe, out, False, sd, NO_ORACLES)
+    metrics = json.loads((out / "training.json").read_text())["metrics"]
+    assert set(metrics["edges_only"]) == {"shape", "size", "position"} and "style" in metrics["edges_and_caption"]
     controlnet = ControlNetModel.from_pretrained(out / "controlnet", local_files_only=True)
     pipe = StableDiffusionControlNetPipeline.from_pretrained(sd, controlnet=controlnet, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)

@@ -325,9 +325,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     elif args.model == "sd-unet":
         train_sd_unet(recipe, args.out, args.resume, args.vae, args.clip, args.oracles)
     elif args.model == "ip-adapter":
-        train_ip_adapter(recipe, args.out, args.resume, args.sd, args.clip)
+        train_ip_adapter(recipe, args.out, args.resume, args.sd, args.clip, args.oracles)
     elif args.model == "controlnet":
-        train_controlnet(recipe, args.out, args.resume, args.sd)
+        train_controlnet(recipe, args.out, args.resume, args.sd, args.oracles)
     else:
         train_muse(recipe, args.out, args.resume, args.vq, args.clip or Path("runs/world/clip"), args.oracles)
 

@@ -282,22 +282,30 @@ def train_sd_unet(recipe: Recipe, out: Path, resume: bool, vae_run: Path, clip: 
 
 
 @torch.no_grad()
+def sample(pipe, prompts: list[str], settings: dict, images: list | None = None, **shared) -> tuple[torch.Tensor, list]:
+    """CFG samples [n, 3, 64, 64] in [0, 1] of ``prompts``, 16 a batch, batch ``i`` seeded ``EVAL_SEED + i``, with
+    ``settings``' steps (25) and guidance (3.0); ``images``: one ControlNet image per prompt; ``shared``: more
+    pipeline arguments (e.g. ``ip_adapter_image``). Also returns each batch's seconds."""
+    sampler = {"num_inference_steps": settings.get("steps", 25), "guidance_scale": settings.get("guidance", 3.0)}
+    outputs, seconds = [], []
+    for i in range(0, len(prompts), 16):
+        began = time.time()
+        per_prompt = {"image": images[i : i + 16]} if images is not None else {}
+        generator = torch.Generator().manual_seed(EVAL_SEED + i)
+        outputs.append(
+            pipe(prompts[i : i + 16], generator=generator, output_type="pt", **sampler, **per_prompt, **shared).images
+        )
+        seconds.append(time.time() - began)
+    return torch.cat(outputs), seconds
+
+
 def evaluate_sd(pipe, oracles: Oracles, settings: dict) -> dict:
     """Oracle accuracy of CFG samples of fresh prompts, seen styles (the target) and held-out ones (for reference),
     and the seconds 16 images take (median over the batches)."""
-    n, steps, guidance = settings.get("images", 128), settings.get("steps", 25), settings.get("guidance", 3.0)
-    result = {"sampler": {"steps": steps, "guidance_scale": guidance, "images": n}}
-    sampler = {"num_inference_steps": steps, "guidance_scale": guidance, "output_type": "pt"}
+    result = {"sampler": {"images": 128, "steps": 25, "guidance": 3.0, **settings}}
     for group, styles in (("seen", renderer.SEEN_STYLES), ("held_out", renderer.HELD_OUT_STYLES)):
-        scenes = renderer.sample_scenes(n, np.random.default_rng(EVAL_SEED), styles)
-        prompts, images, seconds = scenes.captions(), [], []
-        for i in range(0, n, 16):
-            began = time.time()
-            images.append(
-                pipe(prompts[i : i + 16], generator=torch.Generator().manual_seed(EVAL_SEED + i), **sampler).images
-            )
-            seconds.append(time.time() - began)
+        scenes = renderer.sample_scenes(settings.get("images", 128), np.random.default_rng(EVAL_SEED), styles)
+        images, seconds = sample(pipe, scenes.captions(), settings)
         result[f"{group}_seconds_per_16_images"] = round(float(np.median(seconds)), 2)  # a smaller last batch too
-        accuracy = oracle_accuracy(oracles, torch.cat(images), scenes.labels())
-        result[group] = {k: round(v, 4) for k, v in accuracy.items()}
+        result[group] = {k: round(v, 4) for k, v in oracle_accuracy(oracles, images, scenes.labels()).items()}
     return result

@@ -28,8 +28,17 @@ from PIL import Image
 from ..errors import StylecraftError
 from ..instantstyle import canny_edges, ip_adapter_processors
 from . import renderer
-from .pretrain import Recipe, finish, to_tensor, train_loop
-from .train_sd import LatentDiffusion, clip_folder, drop_captions, load_shapes_sd, step_generator, training_batch
+from .oracles import Oracles, oracle_accuracy
+from .pretrain import EVAL_SEED, Recipe, evaluation_oracles, finish, to_tensor, train_loop
+from .train_sd import (
+    LatentDiffusion,
+    clip_folder,
+    drop_captions,
+    load_shapes_sd,
+    sample,
+    step_generator,
+    training_batch,
+)
 
 IP_ADAPTER_WEIGHTS = "ip-adapter.safetensors"
 IMAGE_TOKENS = 4  # the basic IP-Adapter's image tokens (h94's ip-adapter_sd15)
@@ -78,7 +87,9 @@ def ip_adapter_state_dict(unet) -> dict[str, torch.Tensor]:
     return {key: value.detach().contiguous() for key, value in flat.items()}
 
 
-def train_ip_adapter(recipe: Recipe, out: Path, resume: bool, sd_folder: Path, clip: Path | None) -> None:
+def train_ip_adapter(
+    recipe: Recipe, out: Path, resume: bool, sd_folder: Path, clip: Path | None, oracles: Path
+) -> None:
     """Image-prompt training on seen-style renders: the reference image is the target image itself (paper §3.3)."""
     from safetensors.torch import save_file
     from transformers import CLIPImageProcessor
@@ -117,13 +128,35 @@ def train_ip_adapter(recipe: Recipe, out: Path, resume: bool, sd_folder: Path, c
     image_encoder.save_pretrained(folder / "image_encoder")
     CLIPImageProcessor.from_pretrained(clip, local_files_only=True).save_pretrained(folder / "image_encoder")
     save_file(ip_adapter_state_dict(unet), folder / IP_ADAPTER_WEIGHTS)
-    finish(out, "ip-adapter", recipe, wall, history, {})
+    pipe = load_shapes_sd(sd_folder)  # the saved adapter, through diffusers' own loader
+    pipe.load_ip_adapter(str(out), subfolder="ip-adapter", weight_name=IP_ADAPTER_WEIGHTS)
+    metrics = evaluate_ip_adapter(pipe, evaluation_oracles(oracles), recipe.extra.get("eval", {}))
+    finish(out, "ip-adapter", recipe, wall, history, metrics)
 
 
-def train_controlnet(recipe: Recipe, out: Path, resume: bool, sd_folder: Path) -> None:
+def evaluate_ip_adapter(pipe, oracles: Oracles, settings: dict) -> dict:
+    """The plain IP-Adapter (every block, scale 1) on each held-out family: its reference image (``make_task``:
+    a large red circle) and ``settings["images"]`` prompts of other shapes and colours with no style words. Oracle
+    style, content and leakage (``evaluation.measure``) per family and their mean."""
+    from ..evaluation import make_task, measure
+
+    result = {"sampler": {"images": 16, "steps": 25, "guidance": 3.0, **settings}}
+    keys = ("style_accuracy", "content_accuracy", "leakage")
+    for style in renderer.HELD_OUT_STYLES:
+        task = make_task(style, num_prompts=settings.get("images", 16))
+        prompts = [prompt.replace(f" in {style} style", "") for prompt in task.prompts]
+        images, _ = sample(pipe, prompts, settings, ip_adapter_image=task.reference)
+        pixels = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+        metrics = measure([Image.fromarray(p) for p in pixels], task.prompts, task, oracles)
+        result[style] = {key: round(metrics[key], 4) for key in keys}
+    result["mean"] = {key: round(float(np.mean([result[s][key] for s in renderer.HELD_OUT_STYLES])), 4) for key in keys}
+    return result
+
+
+def train_controlnet(recipe: Recipe, out: Path, resume: bool, sd_folder: Path, oracles: Path) -> None:
     """Canny-edge conditioning on seen-style renders, the base UNet frozen, the caption dropped with
     ``extra.empty_prompt_prob`` (the ControlNet paper drops half of them, so the edges alone must carry the layout)."""
-    from diffusers import ControlNetModel
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
     pipe = load_shapes_sd(sd_folder)
     parts, unet = LatentDiffusion.from_pipeline(pipe), pipe.unet
@@ -153,4 +186,23 @@ def train_controlnet(recipe: Recipe, out: Path, resume: bool, sd_folder: Path) -
 
     wall, history = train_loop(recipe, out, {"controlnet": controlnet}, list(controlnet.parameters()), step_fn, resume)
     controlnet.save_pretrained(out / "controlnet")
-    finish(out, "controlnet", recipe, wall, history, {})
+    controlnet = ControlNetModel.from_pretrained(out / "controlnet", local_files_only=True)
+    pipe = StableDiffusionControlNetPipeline.from_pipe(load_shapes_sd(sd_folder), controlnet=controlnet)
+    pipe.set_progress_bar_config(disable=True)
+    metrics = evaluate_controlnet(pipe, evaluation_oracles(oracles), recipe.extra.get("eval", {}))
+    finish(out, "controlnet", recipe, wall, history, metrics)
+
+
+def evaluate_controlnet(pipe, oracles: Oracles, settings: dict) -> dict:
+    """Fresh renders of seen styles as content images (their canny edges). With the empty prompt only the edges can
+    give the shape: the share of samples whose shape, size and position the oracles read as the render's. With the
+    render's caption: oracle accuracy of every attribute."""
+    images, scenes = renderer.render_batch(settings.get("images", 32), EVAL_SEED, renderer.SEEN_STYLES)
+    edges = [canny_edges(Image.fromarray(image)) for image in images]
+    result = {"sampler": {"images": 32, "steps": 25, "guidance": 3.0, **settings}}
+    for name, prompts in (("edges_only", [""] * len(images)), ("edges_and_caption", scenes.captions())):
+        samples, _ = sample(pipe, prompts, settings, images=edges)
+        accuracy = oracle_accuracy(oracles, samples, scenes.labels())
+        kept = ("shape", "size", "position") if name == "edges_only" else accuracy
+        result[name] = {key: round(accuracy[key], 4) for key in kept}
+    return result
