@@ -205,7 +205,7 @@ def _palette(palette: np.ndarray, colour: np.ndarray, u: np.ndarray) -> tuple[np
     choice = [palette == PALETTES.index(p) for p in PALETTES]
     paper = np.select([c[:, None] for c in choice], [light, light, duo_light, dark, dark * 0.4])
     second = np.select(
-        [c[:, None] for c in choice], [light * 0.7, light * 0.85, 0.6 * duo_light + 0.4 * duo_dark, dark + 0.2, dark]
+        [c[:, None] for c in choice], [light * 0.7, light * 0.85, 0.75 * duo_light + 0.25 * duo_dark, dark + 0.2, dark]
     )
     ink = np.select([c[:, None] for c in choice], [0.1 + tint, 0.4 + tint, duo_dark, 0.92 + tint, 0.85 + tint])
     neon = colour / colour.max(axis=1, keepdims=True)
