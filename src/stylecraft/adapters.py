@@ -18,7 +18,6 @@ two-adapter sampling (Eq. 5-6) run all their passes in one batched forward witho
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 import weakref
@@ -38,6 +37,7 @@ from torch import nn
 
 from .errors import StylecraftError
 from .muse import MuseModel
+from .validation import ADAPTER_CONFIG, check_fields, check_finite, read_json
 
 logger = logging.getLogger("stylecraft")
 CONFIG_NAME = "adapter_config.json"
@@ -70,10 +70,9 @@ class AdapterConfig:
     training: dict = field(default_factory=dict)  # resolved training settings
 
     def __post_init__(self) -> None:
+        check_fields(vars(self), ADAPTER_CONFIG)  # types and sizes: "shared": "no" is not true, rank 10**9 is absurd
         if self.adapter_type not in ADAPTER_TYPES:
             raise StylecraftError(f"unknown adapter type {self.adapter_type!r}; use one of {', '.join(ADAPTER_TYPES)}")
-        if not isinstance(self.rank, int) or self.rank < 1:
-            raise StylecraftError(f"adapter rank must be a positive integer, got {self.rank!r}")
         if self.shared and self.adapter_type != "styledrop":
             raise StylecraftError("--shared applies to the styledrop adapter only")
         if self.extra_sites and self.adapter_type != "styledrop":
@@ -232,6 +231,14 @@ class AdaptedTransformer(nn.Module):
             hooked.add(path)
 
     def _check_base(self, config: AdapterConfig, name: str) -> None:
+        # the architecture itself, before any weights are allocated: a blanked fingerprint must not get past it
+        layers, width = self.transformer.config.num_hidden_layers, self.transformer.config.hidden_size
+        if (config.num_layers, config.hidden_size) != (layers, width):
+            raise StylecraftError(
+                f"adapter {name!r} is for a transformer of {config.num_layers} layers of width {config.hidden_size}, "
+                f"but this model's has {layers} of width {width}; load it with the model it was trained on "
+                f"(--model {config.base_model})"
+            )
         if config.base_fingerprint and config.base_fingerprint != self.base_fingerprint:
             raise StylecraftError(
                 f"adapter {name!r} was trained on base model {config.base_model!r} (fingerprint "
@@ -291,6 +298,7 @@ class AdaptedTransformer(nn.Module):
 
         folder = Path(folder)
         state = self.adapter_state_dict(name)
+        check_finite(state, f"adapter {name!r}", "lower the learning rate (--lr) or check the training images")
         write_bytes(folder / WEIGHTS_NAME, save(state, metadata={"format": "pt"}))  # a full disk: io's error line
         write_json(folder / CONFIG_NAME, asdict(self.configs[name]))
 
@@ -434,19 +442,20 @@ def read_adapter(folder: str | Path) -> tuple[AdapterConfig, dict[str, torch.Ten
             raise StylecraftError(
                 f"adapter folder {folder} has no {path.name}; it is unfinished or was not copied fully"
             )
+    fix = "retrain or copy the adapter again"
+    raw = read_json(config_path, fix)
+    if not isinstance(raw, dict):
+        raise StylecraftError(f"{config_path} is corrupt (not a JSON object); {fix}")
+    known = AdapterConfig.__dataclass_fields__
     try:
-        raw = json.loads(config_path.read_text())
-        known = AdapterConfig.__dataclass_fields__
         config = AdapterConfig(**{k: v for k, v in raw.items() if k in known})
-    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as err:
-        raise StylecraftError(f"{config_path} is corrupt ({err}); retrain or copy the adapter again") from None
+    except StylecraftError as err:
+        raise StylecraftError(f"{config_path} is corrupt ({err}); {fix}") from None
     try:
         state = load_file(weights_path)
     except (SafetensorError, OSError, ValueError) as err:
         raise StylecraftError(f"{weights_path} is corrupt ({err}); retrain or copy the adapter again") from None
-    for key, tensor in state.items():
-        if not torch.isfinite(tensor).all():
-            raise StylecraftError(f"{weights_path} holds non-finite values in {key}; retrain the adapter")
+    check_finite(state, str(weights_path), "retrain the adapter")
     return config, state
 
 

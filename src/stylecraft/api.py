@@ -20,12 +20,14 @@ from .io import load_image, make_grid, output_dir, save_png, to_pil_images, writ
 from .muse import AMUSED_SAMPLING, MuseModel, load_muse
 from .sampling import SamplingConfig, config_dict, sample_tokens
 from .training import TrainConfig, default_recipe, load_recipe, train_adapter
+from .validation import FLAGS, SAMPLING_CONFIG, check_device, check_fields
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def load(model: str | Path | None = None, device: str = "cpu", dtype: str | torch.dtype = "float32") -> MuseModel:
     """Load a Muse model: None/'shapes' (built-in shapes world), a built-in random architecture, a folder, a hub id."""
+    check_device(device)  # e.g. cuda on a machine without it: one line, not torch's assertion
     return load_muse(model, device=device, dtype=DTYPES[dtype] if isinstance(dtype, str) else dtype)
 
 
@@ -102,6 +104,9 @@ def sample(
     (prompts repeated), and ``seed`` seeds one ``torch.Generator('cpu')`` for the whole call.
     """
     config = config or SamplingConfig(guidance_scale=muse.sampling_defaults["guidance_scale"])
+    check_fields(vars(config), SAMPLING_CONFIG)  # finite guidance and temperatures: NaN would draw noise
+    FLAGS["num_images"]("num_images", num_images)  # capped: all images are decoded as one batch
+    FLAGS["seed"]("seed", seed)
     model = None
     names: dict = {}
     if adapter is not None or style_adapter is not None or content_adapter is not None:

@@ -318,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
         transformers_logging.disable_progress_bar()
     module_name, function_name = RUNNERS[args.command].split(":")
     try:
+        from .validation import check_args
+
+        check_args(args)  # every numeric flag, seed and device, before any work
         run = getattr(importlib.import_module(module_name), function_name)
         return int(run(args) or 0)
     except KeyboardInterrupt:

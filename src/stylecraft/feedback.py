@@ -40,6 +40,7 @@ from PIL import Image
 from .errors import StylecraftError
 from .io import _atomic_write, save_png, to_pil_images, write_json
 from .sampling import SamplingConfig, sample_tokens
+from .validation import read_text
 
 SELECTIONS = ("clip", "random", "human")
 STYLE_REFERENCE_NAME = "style_reference.png"  # in a Round-2 (or later) adapter folder: the style reference
@@ -125,10 +126,8 @@ def candidate_tokens(muse, round_dir: str | Path, files: list[str]) -> torch.Ten
 
 def read_prompts(path: str | Path) -> list[str]:
     """One prompt per line; blank lines and lines starting with # are skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise StylecraftError(f"prompts file not found: {path}")
-    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    lines = read_text(path, "prompts file").splitlines()  # missing or not UTF-8: one error line
+    prompts = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     if not prompts:
         raise StylecraftError(f"prompts file {path} has no prompts; write one prompt per line")
     return prompts

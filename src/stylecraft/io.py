@@ -26,6 +26,7 @@ import os
 import shutil
 import signal
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,18 +51,30 @@ def load_image(path: str | Path, size: int | None = None) -> Image.Image:
     if not path.is_file():
         raise StylecraftError(f"image not found: {path}; check the path")
     try:
-        with Image.open(path) as opened:
-            opened.load()
-            image = opened.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_SIDE below is the limit
+            with Image.open(path) as opened:  # reads the header only: the size is refused before any decoding
+                width, height = opened.size
+                if min(width, height) < MIN_SIDE:
+                    raise StylecraftError(
+                        f"{path} is {width}x{height}; images must be at least {MIN_SIDE} pixels on each side"
+                    )
+                if max(width, height) > MAX_SIDE:
+                    raise StylecraftError(
+                        f"{path} is {width}x{height}; resize it to at most {MAX_SIDE} pixels on a side"
+                    )
+                opened.load()
+                image = opened.copy()
+    except StylecraftError:
+        raise
+    except Image.DecompressionBombError as err:  # Pillow refuses a huge declared size at open
         raise StylecraftError(
+            f"{path} is too large to open safely ({err}); resize it to at most {MAX_SIDE} pixels on a side"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:  # ValueError: e.g. a text chunk
+        raise StylecraftError(  # that decompresses beyond Pillow's limit ("Decompressed Data Too Large")
             f"{path} is not a readable image ({err.__class__.__name__}: {err}); re-export it as PNG or JPEG"
         ) from None
-    width, height = image.size
-    if min(width, height) < MIN_SIDE:
-        raise StylecraftError(f"{path} is {width}x{height}; images must be at least {MIN_SIDE} pixels on each side")
-    if max(width, height) > MAX_SIDE:
-        raise StylecraftError(f"{path} is {width}x{height}; resize it to at most {MAX_SIDE} pixels on a side")
     image = _to_rgb(image, path)
     if size is not None:
         if width != height:

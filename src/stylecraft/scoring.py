@@ -22,11 +22,13 @@ from PIL import Image
 
 from .errors import StylecraftError
 from .io import load_image
+from .validation import check_device
 
 logger = logging.getLogger("stylecraft")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SKIPPED_FILES = ("grid.png",)  # contact sheets written next to the samples by `sample` and `instantstyle`
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")  # torch.save / pickle files
 
 
 @dataclass
@@ -93,10 +95,18 @@ def load_scorer(clip: str | Path | None = None, device: str | torch.device = "cp
                 f"the shapes world's mini CLIP is not installed ({clip} is missing); pass --clip with a CLIPModel "
                 "folder or hub id, e.g. openai/clip-vit-large-patch14"
             )
+    check_device(device)
     source = str(Path(clip).expanduser()) if Path(clip).expanduser().is_dir() else str(clip)
     local = Path(source).is_dir()
+    if local and not any(Path(source).glob("*.safetensors")):
+        pickles = sorted(p.name for p in Path(source).iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles:  # a pickle can run any code when loaded: never unpickle what a user points us at
+            raise StylecraftError(
+                f"CLIP folder {source} has weights only as a pickle ({pickles[0]}), which stylecraft never loads; "
+                "convert them to model.safetensors (transformers: model.save_pretrained(folder)) and pass that"
+            )
     try:
-        model = CLIPModel.from_pretrained(source, local_files_only=local)
+        model = CLIPModel.from_pretrained(source, local_files_only=local, use_safetensors=True)
         tokenizer = CLIPTokenizer.from_pretrained(source, local_files_only=local)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__

@@ -13,6 +13,7 @@ exactly the weights an uninterrupted run reaches.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -47,6 +48,7 @@ from .io import (
 from .locks import folder_lock
 from .muse import MuseModel, mask_tokens, masked_token_loss, shift_grid, shift_offsets
 from .sampling import SamplingConfig, sample_images
+from .validation import TRAIN_CONFIG, check_fields, read_json, read_trainer_state
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 ADAPTER_NAME = "adapter"
@@ -86,17 +88,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.shared is None:
             self.shared = self.adapter_type == "styledrop"
-        if self.shift < 0:
-            raise StylecraftError(f"--shift must be 0 (off) or a number of tokens, got {self.shift}")
-        for name in ("steps", "batch_size", "rank"):
-            if getattr(self, name) < 1:
-                raise StylecraftError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise StylecraftError(f"--lr must be positive, got {self.lr}")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise StylecraftError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
-        if not self.lambda_prior >= 0:
-            raise StylecraftError(f"--lambda-prior must be 0 (no prior term) or positive, got {self.lambda_prior}")
+        check_fields(vars(self), TRAIN_CONFIG, flags=True)  # types, finite numbers and ranges
         if self.class_prompt is not None and self.num_class_images < 1:
             raise StylecraftError(
                 f"--num-class-images must be at least 1 with a class prompt, got {self.num_class_images}"
@@ -125,10 +117,9 @@ def load_recipe(recipe: str | Path | None = None, **overrides) -> TrainConfig:
         if not path.is_file():
             names = sorted(p.stem for p in RECIPES_DIR.glob("*.json"))
             raise StylecraftError(f"unknown recipe {recipe!r}; use one of {', '.join(names)} or a JSON file")
-        try:
-            values = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise StylecraftError(f"recipe {path} is not valid JSON ({err})") from None
+        values = read_json(path, "fix the recipe file or name a built-in recipe")
+        if not isinstance(values, dict):
+            raise StylecraftError(f'recipe {path} must hold a JSON object of settings, e.g. {{"steps": 300}}')
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(values) - known - {"description"})
     if unknown:
@@ -188,6 +179,7 @@ def train_adapter(
     if any(not p.strip() for p in prompts):
         raise StylecraftError("empty prompt; describe the image and its style, e.g. 'A house in watercolor style'")
     check_place(out)
+    inputs = training_inputs(muse, images, prompts, tokens)  # what a --resume must train on again
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=muse.device.type == "cpu")
     main = accelerator.is_main_process  # only the main process writes, so only it locks and tidies the folder
     with folder_lock(out, "training") if main else nullcontext():
@@ -200,7 +192,7 @@ def train_adapter(
                 raise StylecraftError(
                     f"nothing to resume in {out}: no {CHECKPOINT_DIR}/trainer_state.json; drop --resume"
                 )
-            _check_resume(json.loads((out / CHECKPOINT_DIR / "trainer_state.json").read_text())["config"], config)
+            _check_resume(read_trainer_state(out / CHECKPOINT_DIR / "trainer_state.json"), config, inputs)
         elif main:
             if (out / MARKER).is_file() and all(p.name == "samples" or p.name[0] == "." for p in out.iterdir()):
                 remove(out)  # a run killed before its first checkpoint: nothing to resume, nothing finished
@@ -275,6 +267,11 @@ def train_adapter(
             accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if not all(torch.isfinite(p).all() for p in parameters):  # before any checkpoint or adapter holds them
+                raise StylecraftError(
+                    f"the adapter weights became inf or NaN at step {step + 1}: --lr {config.lr} is likely too high "
+                    "(or a training image is bad); lower --lr and train again"
+                )
 
             log.append({"step": step + 1, "loss": round(loss.item(), 5)})
             if prior_tokens is not None:
@@ -286,13 +283,13 @@ def train_adapter(
             if accelerator.is_main_process:
                 unwrapped = accelerator.unwrap_model(model)
                 if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
-                    _save_checkpoint(checkpoint, unwrapped, optimizer, generator, done, config, log)
+                    _save_checkpoint(checkpoint, unwrapped, optimizer, generator, done, config, log, inputs)
                 if config.sample_every and done % config.sample_every == 0:
                     write_samples(muse, unwrapped, prompts, folder / "samples" / f"step_{done:06d}.png", config)
         model.eval()
         unwrapped = accelerator.unwrap_model(model)
         if accelerator.is_main_process:
-            _save_checkpoint(checkpoint, unwrapped, optimizer, generator, config.steps, config, log)
+            _save_checkpoint(checkpoint, unwrapped, optimizer, generator, config.steps, config, log, inputs)
             unwrapped.configs[ADAPTER_NAME].training.update(
                 trainable_parameters=trainable, base_parameters=total, seconds=round(time.time() - started, 2)
             )
@@ -371,14 +368,53 @@ def write_samples(muse: MuseModel, model: AdaptedTransformer, prompts: list[str]
     save_png(make_grid(to_pil_images(images), columns=len(texts)), path, {"prompts": texts})
 
 
-def _check_resume(saved: dict, config: TrainConfig) -> None:
+def training_inputs(
+    muse: MuseModel, images: list[Image.Image], prompts: list[str], tokens: torch.Tensor | None = None
+) -> dict:
+    """What a run trains on, as a checkpoint records it: the base model's fingerprints, a hash of each image (and of
+    known tokens) and the prompts, so a --resume with other inputs is refused (``_check_resume``)."""
+
+    def digest(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()[:16]
+
+    return {
+        "base": [muse.fingerprint, muse.weights_fingerprint],
+        "images": [digest(f"{image.mode} {image.size}".encode() + image.tobytes()) for image in images],
+        "prompts": list(prompts),
+        "tokens": None if tokens is None else digest(tokens.cpu().numpy().tobytes()),
+    }
+
+
+def _check_resume(state: dict, config: TrainConfig, inputs: dict) -> None:
+    """Refuse a --resume whose settings or inputs differ from the checkpoint's, naming what differs."""
     current = asdict(config)
     # a setting added after the checkpoint was written (e.g. shift) had its default then
-    saved = {**{f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}, **saved}
+    saved = {**{f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}, **state["config"]}
     changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
         raise StylecraftError(f"--resume with changed settings ({details}); use the original settings or a new --out")
+    before = state.get("inputs")  # None: a checkpoint written before inputs were recorded
+    if before is None or before == inputs:
+        return
+    if before.get("base") != inputs["base"]:
+        problem = "another base model (--model)"
+    elif before.get("images") != inputs["images"]:
+        old, new = before.get("images") or [], inputs["images"]
+        if len(old) != len(new):
+            problem = f"{len(new)} training images, the checkpoint has {len(old)}"
+        else:
+            index = next(i for i, (a, b) in enumerate(zip(old, new, strict=True)) if a != b)
+            problem = f"--image number {index + 1} is another picture"
+    elif before.get("prompts") != inputs["prompts"]:
+        old, new = before.get("prompts"), inputs["prompts"]
+        a, b = next((a, b) for a, b in zip(old, new, strict=True) if a != b)  # as many as images, which match
+        problem = f"prompt {a!r} became {b!r}"
+    else:
+        problem = "other known tokens of the images"
+    raise StylecraftError(
+        f"--resume differs from the checkpoint: {problem}; resume with the original inputs or use a new --out"
+    )
 
 
 def _save_checkpoint(
@@ -389,6 +425,7 @@ def _save_checkpoint(
     step: int,
     config: TrainConfig,
     log: list[dict],
+    inputs: dict,
 ) -> None:
     """Write the checkpoint beside ``folder``, then swap it in (``io.swap_into_place``): a kill never leaves half a
     checkpoint, nor none once there was one."""
@@ -399,6 +436,7 @@ def _save_checkpoint(
             tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
     tensors["generator"] = generator.get_state()
     meta = {"step": step, "config": asdict(config), "param_groups": optimizer_state["param_groups"], "log": log}
+    meta["inputs"] = inputs
     staging = partial_of(folder)
     try:
         write_bytes(staging / "state.safetensors", save(tensors))
@@ -410,7 +448,7 @@ def _save_checkpoint(
 
 
 def _load_checkpoint(folder: Path, model: AdaptedTransformer, optimizer, generator: torch.Generator):
-    meta = json.loads((folder / "trainer_state.json").read_text())
+    meta = read_trainer_state(folder / "trainer_state.json")
     try:
         tensors = load_file(folder / "state.safetensors")
     except Exception as err:  # safetensors raises its own error type for truncated files
