@@ -380,12 +380,16 @@ def render_styles(scenes: Scenes, style_ids: np.ndarray, seed: int | np.random.G
     for name, idx in _each(GROUNDS, ground):
         if name != "plain":
             tone[idx] = _ground(name, u[idx], rng)[..., None]
-    image = paper[:, None, None] + (second - paper)[:, None, None] * tone
+    # In-place arithmetic from here on: fresh arrays of the batch's size cost as much as the arithmetic.
+    image = tone * (second - paper)[:, None, None]
+    image += paper[:, None, None]
     inside = image.copy()  # hollow: the ground shows through
     for name, idx in _each(FILLS, fill):
         if name != "hollow":
             inside[idx] = _fill_colours(name, colour[idx], image[idx], ink[idx], u[idx], rng)
-    image += (inside - image) * _fill(sdf)
+    inside -= image
+    inside *= _fill(sdf)
+    image += inside
     # A hollow shape's outline and any glow carry the shape's colour; other outlines are ink.
     hollow = fill == FILLS.index("hollow")
     line = np.where((hollow | (outline == OUTLINES.index("glowing")))[:, None], colour, ink)
@@ -393,11 +397,16 @@ def render_styles(scenes: Scenes, style_ids: np.ndarray, seed: int | np.random.G
     for name, idx in _each(OUTLINES, outline):
         if name != "no":
             alpha[idx] = _outline_alpha(name, sdf[idx], u[idx], np.float32(1.5) * hollow[idx], rng)
-    image += (line[:, None, None] - image) * alpha
+    towards_line = np.subtract(line[:, None, None], image, out=inside)
+    towards_line *= alpha
+    image += towards_line
     for name, idx in _each(EFFECTS, effect):
         if name != "none":
             image[idx] = _effect(name, image[idx], u[idx], rng)
-    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+    np.clip(image, 0, 1, out=image)
+    image *= 255
+    image += 0.5
+    return image.astype(np.uint8)
 
 
 # ---- batches, captions, prompts ---------------------------------------------------------------------------------
