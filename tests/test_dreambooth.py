@@ -92,7 +92,7 @@ def test_bad_content_input_is_one_clear_error(tiny_muse_dir, style_png, tmp_path
     argv = ["train", "--model", str(tiny_muse_dir), "--image", str(style_png), "--prompt", INSTANCE, "--content"]
     argv += ["--steps", "1", "--out", str(tmp_path / "x")]
     for extra, message in (
-        ([], "needs --class-prompt"),
+        ([], "the prior term needs --class-prompt"),  # the tiny model's recipe is dreambooth.json: λ_prior 1
         (["--class-prompt", CLASS, "--lambda-prior", "-1"], "--lambda-prior must be 0"),
         (["--class-prompt", INSTANCE], "is a training prompt"),
     ):

@@ -55,16 +55,17 @@ def train_dreambooth(
 ) -> AdaptedTransformer:
     """Train a content adapter on the object's ``images`` (captioned ``prompts``, with the rare token) DreamBooth's
     way and write the adapter folder ``out``; ``config.class_prompt`` names the class (the prompt without the rare
-    token). With ``config.lambda_prior`` 0 this is plain training on the images (no prior images are drawn).
+    token). With ``config.lambda_prior`` 0 this is plain training on the images (no prior images are drawn; the
+    shapes model's own recipe, ``shapes-dreambooth``, measured best so: docs/two-adapters.md).
     ``prior_tokens``: the class images when they are drawn already (``class_prior_tokens``; runs on one base share
     them), else they are drawn here."""
     class_prompt = (config.class_prompt or "").strip()
-    if not class_prompt:
+    if config.lambda_prior > 0 and not class_prompt:
         raise StylecraftError(
-            "a content adapter needs --class-prompt: the training prompt without its rare token, e.g. "
-            "'a large orange glyph in flat color style' for 'a large orange sks glyph in flat color style'"
+            "the prior term needs --class-prompt: the training prompt without its rare token, e.g. 'a large orange "
+            "glyph in flat color style' for 'a large orange sks glyph in flat color style' (or --lambda-prior 0)"
         )
-    if class_prompt in prompts:
+    if class_prompt and class_prompt in prompts:
         raise StylecraftError(
             f"--class-prompt {class_prompt!r} is a training prompt; name the object with a rare token in --prompt "
             "(e.g. 'a sks glyph') and the class without it"

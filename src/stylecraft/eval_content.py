@@ -28,7 +28,7 @@ from PIL import Image
 from .evaluation import EVAL_SEED, GLYPH_COLOUR, GLYPH_RENDERS, SE_NOTE, markdown_table, standard_errors
 from .world import COLOUR_NAMES, SHAPES, caption, glyph_caption, parse_caption, render_glyphs, render_prompts
 
-CANDIDATES = ("shapes-round1-unshifted", "shapes-dreambooth", "shapes-dreambooth-lora", "shapes-dreambooth-full")
+CANDIDATES = ("shapes-dreambooth", "shapes-dreambooth-d32", "shapes-dreambooth-lora", "shapes-dreambooth-full")
 LAMBDA_PRIORS = (0.0, 1.0)  # without and with class-prior preservation (DreamBooth's λ: 1)
 NUM_CLASS_IMAGES = 64  # prior images of the class prompt, shared by every run with a prior term
 TRAIN_STYLE = "flat color"  # the style of the object's renders, named in their caption

@@ -47,6 +47,7 @@ RECIPES = {
     "round2": "shapes-round2-head",
     "lora": "shapes-lora",
     "full": "shapes-full",
+    "dreambooth": "shapes-dreambooth",  # stylecraft train --content (docs/two-adapters.md)
 }
 
 
