@@ -90,21 +90,20 @@ _TABLE = np.array(
     dtype=np.int64,
 )
 NUM_STYLES = len(_TABLE)
-# Each style's continuous parameters in [0, 1), one column per use (see the painting functions), fixed by its id.
+# Each style's continuous parameters in [0, 1), fixed by its id; the painting functions map them to ranges.
 _PARAMS = np.random.default_rng(28).uniform(size=(NUM_STYLES, 8)).astype(np.float32)
-_GROUND_SHAPE, _GROUND_HUE, _FILL_SHAPE, _OUTLINE_WIDTH, _EFFECT_STRENGTH, _PALETTE_HUE, _PALETTE_LIGHT, _PHASE = range(
-    8
-)
+# Columns of _PARAMS: two for the ground (direction or strength; stripe period), two for the fill (angle, period,
+# cell or strength; hatch period, dot radius), one each for outline width and effect strength, two for the palette.
+_GROUND_A, _GROUND_B, _FILL_A, _FILL_B, _OUTLINE_WIDTH, _EFFECT_STRENGTH, _PALETTE_HUE, _PALETTE_LIGHT = range(8)
 
 
 def _family_index(table: np.ndarray) -> np.ndarray:
     """Index into HELD_OUT_FAMILIES of each row's first matching family, -1 when it matches none (seen)."""
     family = np.full(len(table), -1)
     for k, rule in reversed(list(enumerate(HELD_OUT_FAMILIES.values()))):
-        factors = list(FACTORS)
         match = np.ones(len(table), dtype=bool)
         for factor, value in rule.items():
-            match &= table[:, factors.index(factor)] == FACTORS[factor].index(value)
+            match &= table[:, list(FACTORS).index(factor)] == FACTORS[factor].index(value)
         family[match] = k
     return family
 
@@ -220,11 +219,11 @@ def _palette(palette: np.ndarray, colour: np.ndarray, u: np.ndarray) -> tuple[np
 def _ground(kind: str, u: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """How far each pixel is from the ground's first tone toward its second, in [0, 1] [m, H, W] (not plain)."""
     m = len(u)
-    shape = u[:, _GROUND_SHAPE]
+    shape = u[:, _GROUND_A]
     if kind == "gradient":
         return np.clip(0.5 + _along(2 * np.pi * shape) / 60, 0, 1)
     if kind == "striped":
-        period = (5 + 7 * u[:, _GROUND_HUE])[:, None, None]
+        period = (5 + 7 * u[:, _GROUND_B])[:, None, None]
         phase = _along(np.pi * shape) / period + rng.uniform(0, 1, (m, 1, 1)).astype(np.float32)
         return np.clip(0.5 + 2 * np.sin(2 * np.pi * phase), 0, 1)
     if kind == "paper":  # laid lines across or down the sheet, and grain
@@ -241,14 +240,14 @@ def _fill_colours(kind: str, colour: np.ndarray, ground: np.ndarray, ink: np.nda
     """The colour inside the shape [m, H, W, 3] (before coverage; hollow shows the ground)."""
     m = len(u)
     c = colour[:, None, None]
-    shape = u[:, _FILL_SHAPE]
+    shape = u[:, _FILL_A]
     if kind == "flat":
         return c
     if kind == "shaded":  # light to dark across the image
         s = np.clip(0.5 + _along(2 * np.pi * shape) / 50, 0, 1)[..., None]
         return (0.6 * c + 0.4) * (1 - s) + 0.6 * c * s
     if kind == "hatched":
-        period = (3 + 2 * u[:, _PHASE])[:, None, None]
+        period = (3 + 2 * u[:, _FILL_B])[:, None, None]
         phase = _along(np.pi * shape) / period + rng.uniform(0, 1, (m, 1, 1)).astype(np.float32)
         return np.where((_frac(phase) < 0.6)[..., None], c, 0.7 * ground + 0.3 * c)  # gaps tinted: the silhouette stays
     if kind == "dotted":
@@ -256,7 +255,7 @@ def _fill_colours(kind: str, colour: np.ndarray, ground: np.ndarray, ink: np.nda
         x, y = _centred()
         ox, oy = rng.uniform(0, 8, (2, m, 1, 1)).astype(np.float32)
         fx, fy = _frac((x + ox) / period) - 0.5, _frac((y + oy) / period) - 0.5
-        dots = np.hypot(fx, fy) * period < (1.2 + 0.8 * u[:, _PHASE])[:, None, None]
+        dots = np.hypot(fx, fy) * period < (1.2 + 0.8 * u[:, _FILL_B])[:, None, None]
         return np.where(dots[..., None], 0.15 * c + 0.85, c)
     if kind == "checkered":
         cell = (3 + 3 * shape)[:, None, None]
