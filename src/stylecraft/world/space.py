@@ -92,9 +92,9 @@ _TABLE = np.array(
 NUM_STYLES = len(_TABLE)
 # Each style's continuous parameters in [0, 1), fixed by its id; the painting functions map them to ranges.
 _PARAMS = np.random.default_rng(28).uniform(size=(NUM_STYLES, 8)).astype(np.float32)
-# Columns of _PARAMS: two for the ground (direction or strength; stripe period), two for the fill (angle, period,
-# cell or strength; hatch period, dot radius), one each for outline width and effect strength, two for the palette.
-_GROUND_A, _GROUND_B, _FILL_A, _FILL_B, _OUTLINE_WIDTH, _EFFECT_STRENGTH, _PALETTE_HUE, _PALETTE_LIGHT = range(8)
+# Columns of _PARAMS: the ground (direction or strength; stripe period), the fill (angle, period, cell or strength),
+# outline width, effect strength, the palette (hue, lightness), the fill again (hatch period, dot radius).
+_GROUND_A, _GROUND_B, _FILL_A, _OUTLINE_WIDTH, _EFFECT_STRENGTH, _PALETTE_HUE, _PALETTE_LIGHT, _FILL_B = range(8)
 
 
 def _family_index(table: np.ndarray) -> np.ndarray:
