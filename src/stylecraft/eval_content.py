@@ -88,8 +88,8 @@ def run_content_table(
         for lam in lambda_priors
     }
     oracles, detector = load_oracles(), load_glyph_oracle()
-    renders, _ = render_glyphs(GLYPH_RENDERS, seed=0, colour=GLYPH_COLOUR, size="large", styles=(TRAIN_STYLE,))
-    inputs = [Image.fromarray(a) for a in renders]
+    glyphs, _ = render_glyphs(GLYPH_RENDERS, seed=0, colour=GLYPH_COLOUR, size="large", styles=(TRAIN_STYLE,))
+    inputs = [Image.fromarray(a) for a in glyphs]  # the object's training renders
 
     def draw(muse, cell: str, adapter=None) -> list[Image.Image]:
         texts = prompts[cell]
@@ -108,7 +108,7 @@ def run_content_table(
         texts = prompts[cell]
         return measure_cell(images, [texts[i % len(texts)] for i in range(len(images))], oracles, detector)
 
-    def renders(cell: str) -> list[Image.Image]:  # what the judges score on real renders: every row's ceiling
+    def real_images(cell: str) -> list[Image.Image]:  # what the judges score on renders: every row's ceiling
         if cell == "other prompts":
             arrays = render_prompts(OTHER_PROMPTS * (num_images // len(OTHER_PROMPTS)), seed=EVAL_SEED)
         else:
@@ -124,7 +124,7 @@ def run_content_table(
         "content_images": GLYPH_RENDERS,
         "num_images": num_images,
         "eval_seed": EVAL_SEED,
-        "rows": {"renders (judges' ceiling)": {cell: measure(renders(cell), cell) for cell in CELLS}},
+        "rows": {"renders (judges' ceiling)": {cell: measure(real_images(cell), cell) for cell in CELLS}},
     }
     with output_dir(out, overwrite=overwrite) as folder:
         base = load(model)
@@ -146,9 +146,8 @@ def run_content_table(
             )
             row = {"train_seconds": round(time.time() - started, 1)}
             row["trainable_parameters"] = trained.configs["adapter"].training["trainable_parameters"]
-            drawn = {
-                cell: draw(load(model), cell, adapter) for cell in CELLS
-            }  # a fresh base: a full fine-tune loads into it
+            # each cell on a freshly loaded base: a full fine-tune loads its weights into the base it samples with
+            drawn = {cell: draw(load(model), cell, adapter) for cell in CELLS}
             row.update({cell: measure(images, cell) for cell, images in drawn.items()})
             results["rows"][name] = row
             if progress:
