@@ -95,6 +95,7 @@ def test_bad_content_input_is_one_clear_error(tiny_muse_dir, style_png, tmp_path
         ([], "the prior term needs --class-prompt"),  # the tiny model's recipe is dreambooth.json: λ_prior 1
         (["--class-prompt", CLASS, "--lambda-prior", "-1"], "--lambda-prior must be 0"),
         (["--class-prompt", INSTANCE], "is a training prompt"),
+        (["--class-prompt", CLASS, "--lambda-prior", "0"], "--class-prompt is for the prior term, which is off"),
     ):
         assert main([*argv, *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()

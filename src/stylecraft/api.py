@@ -227,6 +227,10 @@ def run_train_cli(args) -> int:
         num_class_images=args.num_class_images,
         lambda_prior=args.lambda_prior,
     )
+    if args.class_prompt is not None and config.lambda_prior == 0:
+        raise StylecraftError(
+            "--class-prompt is for the prior term, which is off (lambda_prior 0); add --lambda-prior 1"
+        )
     muse = load(args.model, args.device, args.dtype)
     images = [load_image(path, muse.resolution) for path in args.image]
     if args.content:
