@@ -50,8 +50,11 @@ def folder_lock(folder: str | Path, what: str = "writing") -> Iterator[None]:
             f"{Path(folder)} is in use by another stylecraft process {holder or '(starting)'}; wait for it to "
             "finish or pick another folder"
         ) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"({what}) with pid {os.getpid()}".encode())
+    try:  # who holds it, for a refused process's message; a full disk only loses the description
+        os.ftruncate(fd, 0)
+        os.write(fd, f"({what}) with pid {os.getpid()}".encode())
+    except OSError:
+        pass
     try:
         yield
     finally:
