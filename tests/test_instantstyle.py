@@ -239,7 +239,8 @@ def test_cli_writes_images_grid_run_json_and_reuses_embeddings(saved, style_png,
     common += ["--num-images", "2", "--content-prompt", "a dog"]
     assert main([*common, "--style-image", str(style_png), "--out", str(tmp_path / "a")]) == 0
     files = sorted(p.relative_to(tmp_path / "a").as_posix() for p in (tmp_path / "a").rglob("*") if p.is_file())
-    assert files == ["000.png", "001.png", "grid.png", "inputs/style_embeds.safetensors", "run.json"]
+    # plus the marker that makes the folder stylecraft's own (what --overwrite may replace)
+    assert files == [".stylecraft", "000.png", "001.png", "grid.png", "inputs/style_embeds.safetensors", "run.json"]
     run = json.loads((tmp_path / "a" / "run.json").read_text())
     assert run["blocks"] == "style" and run["block_keys"] == ["up_blocks.0.attentions.1"] and run["subtract"] == 0.5
     assert Image.open(tmp_path / "a" / "000.png").text["prompt"] == "a red fox"
