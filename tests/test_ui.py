@@ -166,7 +166,7 @@ def test_round_folder_errors_are_one_line(round_dir, tmp_path, capsys):
     assert main(["ui", "--round", str(round_dir), "--target", "0"]) == 2
     assert "--target must be at least 1" in capsys.readouterr().err
     assert main(["ui", "--round", str(round_dir), "--train-steps", "0"]) == 2
-    assert "--steps must be at least 1" in capsys.readouterr().err
+    assert "--train-steps must be at least 1" in capsys.readouterr().err
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
