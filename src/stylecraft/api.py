@@ -9,6 +9,7 @@ images = stylecraft.sample(muse, ["a blue star in neon glow style"], adapter="my
 from __future__ import annotations
 
 import re
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -126,32 +127,35 @@ def sample(
     if style_adapter is not None or content_adapter is not None:
         content_prompts = [content_prompt(p, style_descriptor) for p in prompts]
 
-    generator = torch.Generator("cpu").manual_seed(seed)
-    tokens = sample_tokens(
-        muse,
-        list(prompts),
-        config,
-        model=model,
-        content_prompts=content_prompts,
-        num_images_per_prompt=num_images,
-        generator=generator,
-        progress=progress,
-        **names,
-    )
-    images = to_pil_images(muse.decode_tokens(tokens))
-    if out is not None:
-        settings = {
-            "model": muse.name,
-            "prompts": list(prompts),
-            "num_images": num_images,
-            "seed": seed,
-            "adapter": str(adapter) if adapter else None,
-            "style_adapter": str(style_adapter) if style_adapter else None,
-            "content_adapter": str(content_adapter) if content_adapter else None,
-            "content_prompts": content_prompts,
-            "sampling": config_dict(config),
-        }
-        with output_dir(out, overwrite=overwrite) as folder:
+    with ExitStack() as stack:
+        # --out is checked and locked before any work: a second process, or a folder stylecraft may not replace,
+        # is refused at once instead of after every image is drawn
+        folder = stack.enter_context(output_dir(out, overwrite=overwrite)) if out is not None else None
+        generator = torch.Generator("cpu").manual_seed(seed)
+        tokens = sample_tokens(
+            muse,
+            list(prompts),
+            config,
+            model=model,
+            content_prompts=content_prompts,
+            num_images_per_prompt=num_images,
+            generator=generator,
+            progress=progress,
+            **names,
+        )
+        images = to_pil_images(muse.decode_tokens(tokens))
+        if folder is not None:
+            settings = {
+                "model": muse.name,
+                "prompts": list(prompts),
+                "num_images": num_images,
+                "seed": seed,
+                "adapter": str(adapter) if adapter else None,
+                "style_adapter": str(style_adapter) if style_adapter else None,
+                "content_adapter": str(content_adapter) if content_adapter else None,
+                "content_prompts": content_prompts,
+                "sampling": config_dict(config),
+            }
             for i, image in enumerate(images):
                 prompt = prompts[i % len(prompts)]
                 save_png(image, folder / f"{i:03d}.png", {"prompt": prompt, "seed": seed, "index": i, **settings})

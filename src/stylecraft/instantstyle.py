@@ -523,40 +523,41 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.content_image:
         load_image(args.content_image)  # fail early on an unreadable file
 
-    style = load_instantstyle(
-        args.model,
-        ip_adapter=args.ip_adapter,
-        weight_name=args.ip_adapter_weight,
-        image_encoder=args.image_encoder,
-        controlnet=(args.controlnet or "default") if args.content_image else None,
-        content_text_encoder=args.content_text_encoder,
-        device=args.device,
-        dtype=getattr(torch, args.dtype),
-    )
-    output = style(
-        args.prompt,
-        style_image,
-        style_embeds=style_embeds,
-        negative_prompt=args.negative_prompt,
-        blocks=args.blocks,
-        scale=args.scale,
-        content_prompt=args.content_prompt,
-        subtract=args.subtract,
-        content_image=args.content_image,
-        controlnet_scale=args.controlnet_scale,
-        steps=args.steps,
-        guidance=args.guidance,
-        num_images=args.num_images,
-        seed=args.seed,
-    )
-    settings = {
-        "command": "instantstyle",
-        **output.settings,
-        "style_image": str(args.style_image) if args.style_image else None,
-        "style_embeds": str(args.style_embeds) if args.style_embeds else None,
-        "content_image": str(args.content_image) if args.content_image else None,
-    }
+    # --out is checked and locked before the models load: a refused folder costs nothing
     with output_dir(args.out, args.overwrite) as folder:
+        style = load_instantstyle(
+            args.model,
+            ip_adapter=args.ip_adapter,
+            weight_name=args.ip_adapter_weight,
+            image_encoder=args.image_encoder,
+            controlnet=(args.controlnet or "default") if args.content_image else None,
+            content_text_encoder=args.content_text_encoder,
+            device=args.device,
+            dtype=getattr(torch, args.dtype),
+        )
+        output = style(
+            args.prompt,
+            style_image,
+            style_embeds=style_embeds,
+            negative_prompt=args.negative_prompt,
+            blocks=args.blocks,
+            scale=args.scale,
+            content_prompt=args.content_prompt,
+            subtract=args.subtract,
+            content_image=args.content_image,
+            controlnet_scale=args.controlnet_scale,
+            steps=args.steps,
+            guidance=args.guidance,
+            num_images=args.num_images,
+            seed=args.seed,
+        )
+        settings = {
+            "command": "instantstyle",
+            **output.settings,
+            "style_image": str(args.style_image) if args.style_image else None,
+            "style_embeds": str(args.style_embeds) if args.style_embeds else None,
+            "content_image": str(args.content_image) if args.content_image else None,
+        }
         for i, image in enumerate(output.images):
             save_png(image, folder / f"{i:03d}.png", {"prompt": args.prompt, "seed": args.seed, "index": i, **settings})
         save_png(make_grid(output.images), folder / "grid.png", {"prompt": args.prompt})
