@@ -132,3 +132,12 @@ def test_oracle_picks_skip_a_prompt_with_no_right_candidate(tmp_path):
     wrong = render_prompts(["a large yellow moon in flat color style"], seed=3)[0]
     Image.fromarray(wrong).save(tmp_path / "candidates" / "p000_k001.png")
     assert oracle_pick(tmp_path, task, load_oracles()) == ["p000_k000.png", "p001_k000.png"]
+
+
+def test_an_unknown_style_is_one_error_line_naming_the_styles(tmp_path, capsys):
+    from stylecraft.cli import main
+
+    assert main(["eval", "--style", "nope", "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown style 'nope'; pick one of") and "neon glow" in err  # not "error (ValueError)"
+    assert not (tmp_path / "t").exists()

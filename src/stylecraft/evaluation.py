@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import StylecraftError
 from .world import COLOUR_NAMES, RECIPES, SAMPLING, SHAPES, STYLES, caption, parse_caption, render_prompts
 
 EVAL_SEED = 1_000_003  # sampling seeds of evaluation runs; training uses small seeds
@@ -45,7 +46,7 @@ def make_task(style: str, shape: str = "circle", colour: str = "red", num_prompt
     """A task for ``style``: reference "a large {colour} {shape} in {style} style" rendered with ``seed``, and
     ``num_prompts`` prompts whose shape AND colour both differ from the reference (so leakage is measurable)."""
     if style not in STYLES:
-        raise ValueError(f"unknown style {style!r}; the world's styles are {STYLES}")
+        raise StylecraftError(f"unknown style {style!r}; pick one of the world's styles: {', '.join(STYLES)}")
     reference_prompt = caption(shape, colour, "large", style=style)
     reference = Image.fromarray(render_prompts([reference_prompt], seed=seed)[0])
     shapes = [s for s in SHAPES if s != shape]
@@ -387,7 +388,6 @@ def run_feedback_table(
     ``repeats`` > 1 runs each Round 2 again on candidates drawn with other seeds (so other picks): its rows pool the
     images of every repeat, and ``repeats`` in each style's block keeps each repeat's picks and metrics."""
     from .api import load
-    from .errors import StylecraftError
     from .feedback import SHAPES_WORLD_CONTENT, generate_candidates, select, train_round
     from .io import output_dir, write_json
     from .sampling import SamplingConfig
@@ -670,7 +670,6 @@ def run_two_adapter_table(
     class images trains DreamBooth's way, as ``stylecraft eval-content`` measures it (``eval_content.py``)."""
     from .api import load, sample
     from .dreambooth import train_dreambooth
-    from .errors import StylecraftError
     from .io import make_grid, output_dir, save_png, write_json
     from .sampling import SamplingConfig
     from .training import load_recipe, train_adapter
@@ -695,7 +694,7 @@ def run_two_adapter_table(
         "style_reference": task.reference_prompt,
         "content_images": GLYPH_RENDERS,
         # the glyph adapter learns the renders unmoved: with shift 1 it lost the glyph (development seed 777, γ 0.7:
-        # glyph 0.06 against 0.94; `python scripts/muse_dev_checks.py mix --content-recipe R --gamma 0.3 0.5 0.7`)
+        # glyph 0.06 against 0.94; docs/shapes-experiments.md, "Two adapters")
         "content_recipe": content_recipe,
         "style_recipe": "shapes-round1",
         "num_images": num_images,
