@@ -8,7 +8,7 @@ and a D-vector after ``up``), which is how Round 1 stays tiny.
 
 ``extra_sites`` (not in the paper) puts the same bottleneck, with its own unshared weights, on the output of further
 modules named by their path in the transformer, e.g. the up block and the head after the transformer layers, where
-a small model such as the shapes world's decides texture (``scripts/muse_dev_checks.py full-parts``).
+a small model such as the shapes world's decides texture (docs/shapes-experiments.md).
 
 ``AdaptedTransformer`` holds one frozen base transformer and any number of named adapters, and applies a different
 adapter to each row of a batch (``rows=["style", None, None]``). That is what lets StyleDrop guidance (Eq. 4) and

@@ -335,8 +335,8 @@ def train_round(
 
     It trains on the tokens the candidates were decoded from when the round kept them for this model's VQ
     (``candidate_tokens``): encoding the PNGs again would not give them back, and pixel art, for one, read as its
-    style in 19 of 30 oracle picks but in 11 of 30 after a trip through the VQ (``scripts/muse_dev_checks.py
-    round-trip``). The adapter folder keeps its training set (``train_images/``, prompts in the PNG text chunks).
+    style in 19 of 30 oracle picks but in 11 of 30 after a trip through the VQ (docs/shapes-experiments.md,
+    "Feedback rounds"). The adapter folder keeps its training set (``train_images/``, prompts in the PNG text chunks).
     ``recipe`` defaults to StyleDrop's Round 2 for ``muse`` (``training.default_recipe``)."""
     from .training import default_recipe, load_recipe, train_adapter
 
