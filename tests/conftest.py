@@ -74,3 +74,20 @@ def style_png(tmp_path_factory):
     path = tmp_path_factory.mktemp("style") / "style.png"
     Image.fromarray((np.random.RandomState(0).rand(32, 32, 3) * 255).astype("uint8")).save(path)
     return path
+
+
+@pytest.fixture
+def muse(tiny_muse_dir):
+    """A fresh tiny random-weight Muse model (function scope: training may change it)."""
+    from stylecraft.muse import load_muse
+
+    return load_muse(tiny_muse_dir)
+
+
+@pytest.fixture
+def image():
+    """An 8×8 random RGB image, the same in every test."""
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray((np.random.RandomState(0).rand(8, 8, 3) * 255).astype("uint8"))

@@ -10,11 +10,6 @@ from stylecraft.errors import StylecraftError
 from stylecraft.muse import build_random_muse, load_muse
 
 
-@pytest.fixture
-def muse(tiny_muse_dir):
-    return load_muse(tiny_muse_dir)
-
-
 def _inputs(muse, batch=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, muse.mask_token_id + 1, (batch, 4, 4), generator=g)

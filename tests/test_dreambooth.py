@@ -2,31 +2,18 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from stylecraft.adapters import read_adapter
 from stylecraft.cli import main
 from stylecraft.dreambooth import class_prior_tokens, train_dreambooth
 from stylecraft.errors import StylecraftError
-from stylecraft.muse import load_muse
 from stylecraft.sampling import SamplingConfig, sample_tokens
 from stylecraft.training import TrainConfig, train_adapter
 
 INSTANCE = "a red sks house in watercolor painting style"
 CLASS = "a red house in watercolor painting style"
-
-
-@pytest.fixture
-def muse(tiny_muse_dir):
-    return load_muse(tiny_muse_dir)
-
-
-@pytest.fixture
-def image():
-    return Image.fromarray((np.random.RandomState(0).rand(8, 8, 3) * 255).astype("uint8"))
 
 
 def _config(**kwargs):

@@ -7,10 +7,8 @@ import json
 import os
 import re
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from stylecraft import io
 from stylecraft.adapters import read_adapter
@@ -18,7 +16,6 @@ from stylecraft.cli import main
 from stylecraft.errors import StylecraftError
 from stylecraft.io import MARKER, check_out, output_dir, write_json
 from stylecraft.locks import folder_lock
-from stylecraft.muse import load_muse
 from stylecraft.training import TrainConfig, train_adapter
 
 PROMPT = "a red house in watercolor painting style"
@@ -38,16 +35,6 @@ def kill_at(monkeypatch, label: str, nth: int = 1) -> None:
             raise Killed(f"{label}@{nth}")
 
     monkeypatch.setattr(io, "kill_point", point)
-
-
-@pytest.fixture
-def muse(tiny_muse_dir):
-    return load_muse(tiny_muse_dir)
-
-
-@pytest.fixture
-def image():
-    return Image.fromarray((np.random.RandomState(0).rand(8, 8, 3) * 255).astype("uint8"))
 
 
 def train(muse, image, out, steps=4, **kwargs):

@@ -6,13 +6,7 @@ import torch
 
 from stylecraft.adapters import AdaptedTransformer
 from stylecraft.errors import StylecraftError
-from stylecraft.muse import load_muse
 from stylecraft.sampling import SamplingConfig, sample_images, sample_tokens
-
-
-@pytest.fixture
-def muse(tiny_muse_dir):
-    return load_muse(tiny_muse_dir)
 
 
 @pytest.mark.parametrize(

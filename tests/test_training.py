@@ -16,16 +16,6 @@ from stylecraft.training import TrainConfig, load_recipe, train_adapter
 PROMPT = "a red house in watercolor painting style"
 
 
-@pytest.fixture
-def muse(tiny_muse_dir):
-    return load_muse(tiny_muse_dir)
-
-
-@pytest.fixture
-def image():
-    return Image.fromarray((np.random.RandomState(0).rand(8, 8, 3) * 255).astype("uint8"))
-
-
 def _config(**kwargs):
     values = dict(steps=8, lr=3e-2, batch_size=4, checkpoint_every=0, seed=3)
     values.update(kwargs)
