@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -415,6 +416,73 @@ def render_batch(n: int, seed: int, held_out: bool = False) -> tuple[np.ndarray,
     scenes = sample_scenes(n, rng)
     ids = sample_styles(n, rng, held_out)
     return render_styles(scenes, ids, rng), scenes, ids
+
+
+@dataclass
+class WorldBatch:
+    """A training batch of the world v2 (``mixed_batch``): the named styles and the space's styles together."""
+
+    images: np.ndarray  # uint8 [n, 64, 64, 3]
+    scenes: Scenes  # content; ``style`` is the named style's index, -1 where the style is the space's
+    style_ids: np.ndarray  # the space's style id, -1 where the style is a named one
+    captions: list[str]
+
+
+def mixed_batch(
+    n: int,
+    seed,
+    named_fraction: float = 0.25,
+    named_styles: tuple[str, ...] | None = None,
+    held_out: bool = False,
+) -> WorldBatch:
+    """``n`` random scenes, a share ``named_fraction`` of them in the named styles ``named_styles`` (default: the
+    seen ones) and the rest in the space's seen styles (or held-out families); ``seed`` may be ``(seed, step)``,
+    so a training stream's batch ``step`` is drawn directly (a resumed run continues the stream)."""
+    from .renderer import SEEN_STYLES, render
+
+    rng = np.random.default_rng(seed)
+    scenes = sample_scenes(n, rng, named_styles or SEEN_STYLES)
+    named = rng.random(n) < named_fraction
+    ids = sample_styles(n, rng, held_out)
+    ids[named] = -1
+    images = np.empty((n, SIZE, SIZE, 3), dtype=np.uint8)
+    texts = scenes.captions()
+    if named.any():
+        images[named] = render(_subset(scenes, named), rng)
+    if (~named).any():
+        spaced = _subset(scenes, ~named)
+        images[~named] = render_styles(spaced, ids[~named], rng)
+        for k, text in zip(np.flatnonzero(~named), captions(spaced, ids[~named]), strict=True):
+            texts[k] = text
+    scenes.style = np.where(named, scenes.style, -1)
+    return WorldBatch(images, scenes, ids, texts)
+
+
+def recipe_batch(extra: dict, n: int, seed: int, step: int, named_styles: tuple[str, ...] | None = None) -> WorldBatch:
+    """Batch ``step`` of a training stream, by the recipe's ``extra.data``: ``"space"`` draws ``mixed_batch``
+    (``extra.named_fraction`` of it in the named styles ``named_styles``), ``"named"`` (the default, the world
+    v1 chain) only the named styles ``named_styles`` (default: all), as ``renderer.render_batch`` draws them."""
+    from .renderer import render
+
+    data = extra.get("data", "named")
+    if data == "space":
+        return mixed_batch(n, [seed, step], extra.get("named_fraction", 0.25), named_styles)
+    if data != "named":
+        raise StylecraftError(f"extra.data must be 'named' or 'space', got {data!r}")
+    rng = np.random.default_rng([seed, step])
+    scenes = sample_scenes(n, rng, named_styles)
+    return WorldBatch(render(scenes, rng), scenes, np.full(n, -1), scenes.captions())
+
+
+def vocabulary() -> list[str]:
+    """Every word a world v2 caption can contain: the named styles' captions and the space's descriptors."""
+    from .renderer import vocabulary as named_vocabulary
+
+    return sorted({*named_vocabulary(), *VOCABULARY})
+
+
+def _subset(scenes: Scenes, mask: np.ndarray) -> Scenes:
+    return Scenes(**{key: value[mask] for key, value in scenes.labels().items()})
 
 
 def captions(scenes: Scenes, style_ids: np.ndarray) -> list[str]:

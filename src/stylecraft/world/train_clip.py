@@ -12,20 +12,20 @@ import torch.nn.functional as F
 
 from ..errors import StylecraftError
 from ..io import write_json
-from . import WEIGHTS, renderer
+from . import WEIGHTS, renderer, space
 from .oracles import ATTRIBUTES
 from .pretrain import EVAL_SEED, LINEAGE, Recipe, finish, to_tensor, train_loop
 
 
-def build_tokenizer(folder: Path, max_length: int, resume: bool = False):
-    """The world's CLIP tokenizer in ``folder``; a resumed run keeps the one it started with (rewriting it would
-    renumber the tokens under the checkpoint's embeddings)."""
+def build_tokenizer(folder: Path, max_length: int, resume: bool = False, words: list[str] | None = None):
+    """The world's CLIP tokenizer in ``folder`` (``words``: default the named styles' captions' words); a resumed
+    run keeps the one it started with (rewriting it would renumber the tokens under the checkpoint's embeddings)."""
     from transformers import CLIPTokenizer
 
     from ..tokenizer import write_clip_tokenizer
 
     if not (resume and (folder / "vocab.json").is_file()):
-        write_clip_tokenizer(folder, renderer.vocabulary(), model_max_length=max_length)
+        write_clip_tokenizer(folder, words or renderer.vocabulary(), model_max_length=max_length)
     return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
 
 
@@ -37,7 +37,8 @@ def train_clip(recipe: Recipe, out: Path, resume: bool) -> None:
         train_clip_vision(recipe, out, resume)
         return
     max_length = recipe.extra.get("max_length", 32)
-    tokenizer = build_tokenizer(out / "clip", max_length, resume)
+    on_space = recipe.extra.get("data", "named") == "space"  # world v2: the style space's descriptors too
+    tokenizer = build_tokenizer(out / "clip", max_length, resume, space.vocabulary() if on_space else None)
     text = {
         **recipe.model["text"],
         "vocab_size": len(tokenizer),
@@ -55,10 +56,13 @@ def train_clip(recipe: Recipe, out: Path, resume: bool) -> None:
     data = renderer.stream(recipe.batch_size, recipe.seed)
 
     def step_fn(step):
-        images, scenes = next(data)
-        ids = tokenizer(
-            scenes.captions(), padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
-        )
+        if on_space:  # seen named styles and seen space styles, batch ``step`` drawn directly
+            batch = space.recipe_batch(recipe.extra, recipe.batch_size, recipe.seed, step)
+            images, captions = batch.images, batch.captions
+        else:
+            images, scenes = next(data)
+            captions = scenes.captions()
+        ids = tokenizer(captions, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
         outputs = clip(input_ids=ids.input_ids, pixel_values=to_tensor(images) * 2 - 1, return_loss=True)
         return outputs.loss, {"scale": round(clip.logit_scale.exp().item(), 2)}
 
@@ -69,7 +73,36 @@ def train_clip(recipe: Recipe, out: Path, resume: bool) -> None:
         size={"shortest_edge": renderer.SIZE}, crop_size=renderer.SIZE, image_mean=[0.5] * 3, image_std=[0.5] * 3
     ).save_pretrained(out / "clip")
     clip = CLIPModel.from_pretrained(out / "clip", local_files_only=True).eval()
-    finish(out, "clip", recipe, wall, history, evaluate_clip(clip, tokenizer, recipe.eval_images))
+    metrics = evaluate_clip(clip, tokenizer, recipe.eval_images)
+    if on_space:
+        metrics["space"] = evaluate_clip_space(clip, tokenizer, recipe.eval_images)
+    finish(out, "clip", recipe, wall, history, metrics)
+
+
+@torch.no_grad()
+def evaluate_clip_space(clip, tokenizer, n: int) -> dict:
+    """On renders in the space's seen styles and in its held-out families: zero-shot shape and colour (the true
+    caption against the captions that change only that) and image->text retrieval top-1 among ``n`` captions."""
+    result = {}
+    for group, held_out in (("seen", False), ("held_out", True)):
+        images, scenes, ids = space.render_batch(n, EVAL_SEED, held_out)
+        image = F.normalize(clip.get_image_features(pixel_values=to_tensor(images) * 2 - 1).pooler_output, dim=-1)
+        row = {}
+        for name in ("shape", "colour"):
+            options = []
+            for value in range(len(ATTRIBUTES[name])):
+                changed = renderer.Scenes(**{k: v.copy() for k, v in scenes.labels().items()})
+                getattr(changed, name)[:] = value
+                options.append((image * clip_embed_text(clip, tokenizer, space.captions(changed, ids))).sum(-1))
+            truth = torch.from_numpy(getattr(scenes, name))
+            row[f"zero_shot_{name}"] = round((torch.stack(options, 1).argmax(1) == truth).float().mean().item(), 4)
+        captions = space.captions(scenes, ids)
+        retrieved = (image @ clip_embed_text(clip, tokenizer, captions).T).argmax(1).tolist()
+        row[f"retrieval_top1_of_{n}"] = round(
+            float(np.mean([captions[j] == captions[i] for i, j in enumerate(retrieved)])), 4
+        )
+        result[group] = row
+    return result
 
 
 def _clip_folder(init: str) -> Path:

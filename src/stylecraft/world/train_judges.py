@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import StylecraftError
-from . import renderer
+from . import renderer, space
 from .oracles import ATTRIBUTES, Oracles, load_oracles, oracle_accuracy
 from .pretrain import EVAL_SEED, Recipe, finish, to_tensor, train_loop
 
@@ -18,13 +18,23 @@ def train_oracles(recipe: Recipe, out: Path, resume: bool) -> None:
     torch.manual_seed(recipe.seed)
     model = Oracles(**recipe.model)
     data = renderer.stream(recipe.batch_size, recipe.seed)
+    on_space = recipe.extra.get("data", "named") == "space"
 
     def step_fn(step):
-        images, scenes = next(data)
+        if on_space:  # world v2: all 14 named styles (the style head's classes) and the space's SEEN styles
+            batch = space.recipe_batch(recipe.extra, recipe.batch_size, recipe.seed, step, renderer.STYLES)
+            images, scenes = batch.images, batch.scenes
+        else:
+            images, scenes = next(data)
         x = _soften(to_tensor(images), recipe.extra.get("blur_prob", 0.25))
         logits = model(x)
         labels = scenes.labels()
-        losses = {k: F.cross_entropy(logits[k], torch.from_numpy(labels[k])) for k in ATTRIBUTES}
+        # the style head names the 14 named styles; a space style (-1) has no class there
+        losses = {
+            k: F.cross_entropy(logits[k], torch.from_numpy(labels[k]), ignore_index=-1)
+            for k in ATTRIBUTES
+            if k != "style" or (labels[k] >= 0).any()
+        }
         return sum(losses.values()), {k: round(v.item(), 3) for k, v in losses.items()}
 
     wall, history = train_loop(recipe, out, {"oracles": model}, list(model.parameters()), step_fn, resume)
@@ -32,7 +42,25 @@ def train_oracles(recipe: Recipe, out: Path, resume: bool) -> None:
 
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "oracles.safetensors"))
     oracles = load_oracles(out / "oracles.safetensors")
-    finish(out, "oracles", recipe, wall, history, evaluate_oracles(oracles, recipe.eval_images))
+    metrics = evaluate_oracles(oracles, recipe.eval_images)
+    if on_space:
+        metrics["space"] = evaluate_oracles_space(oracles, recipe.eval_images)
+    finish(out, "oracles", recipe, wall, history, metrics)
+
+
+def evaluate_oracles_space(oracles: Oracles, n: int) -> dict:
+    """Accuracy of shape, colour, size and position on ``n`` fresh renders of each family of the style space (the
+    seen styles and every held-out family, which the oracles never saw), and the minimum over held-out families."""
+    from .space_eval import family_renders
+
+    result = {}
+    for name in (space.SEEN, *space.HELD_OUT_FAMILIES):
+        images, scenes, _ = family_renders(name, n, EVAL_SEED)
+        labels = {k: v for k, v in scenes.labels().items() if k != "style"}
+        result[name] = {a: round(v, 4) for a, v in oracle_accuracy(oracles, images, labels).items()}
+    keys = ("shape", "colour", "size", "position")
+    result["held_out_min"] = {a: min(result[f][a] for f in space.HELD_OUT_FAMILIES) for a in keys}
+    return result
 
 
 def _soften(x: torch.Tensor, probability: float) -> torch.Tensor:

@@ -23,22 +23,12 @@ from PIL import Image
 
 from ..errors import StylecraftError
 from ..io import make_grid
-from . import WEIGHTS, renderer
+from . import WEIGHTS, renderer, space
 from .oracles import Oracles, oracle_accuracy
 from .pretrain import EVAL_SEED, Recipe, evaluation_oracles, finish, to_tensor, train_loop
 
 # SD 1.5's noise schedule (runwayml/stable-diffusion-v1-5 scheduler/scheduler_config.json).
 NOISE_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-
-
-def training_batch(
-    batch_size: int, seed: int, step: int, styles: tuple[str, ...] | None = None
-) -> tuple[np.ndarray, renderer.Scenes]:
-    """Batch ``step`` of ``renderer.stream(batch_size, seed, styles)``, drawn directly: a resumed run continues
-    the stream where it stopped instead of starting it again."""
-    rng = np.random.default_rng([seed, step])
-    scenes = renderer.sample_scenes(batch_size, rng, styles)
-    return renderer.render(scenes, rng), scenes
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -174,7 +164,7 @@ def train_sd_vae(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None
     kl_weight = recipe.extra.get("kl_weight", 1e-6)
 
     def step_fn(step):
-        images, _ = training_batch(recipe.batch_size, recipe.seed, step)
+        images = space.recipe_batch(recipe.extra, recipe.batch_size, recipe.seed, step).images  # v2: seen styles
         x = to_tensor(images) * 2 - 1  # [n, 3, 64, 64] in [-1, 1], as SD's VAE takes pixels
         posterior = vae.encode(x).latent_dist
         reconstruction = vae.decode(posterior.sample(step_generator(recipe.seed, step))).sample.float()
@@ -191,6 +181,8 @@ def train_sd_vae(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None
     vae.save_pretrained(out / "vae")
     contact_sheet(vae).save(out / "reconstructions.png")
     metrics = evaluate_vae(vae, evaluation_oracles(oracles), recipe.eval_images)
+    if recipe.extra.get("data") == "space":
+        metrics["space"] = evaluate_vae_space(vae, evaluation_oracles(oracles), recipe.eval_images)
     finish(out, "sd-vae", recipe, wall, history, metrics)
 
 
@@ -227,6 +219,27 @@ def evaluate_vae(vae, oracles: Oracles, n: int) -> dict:
     return result
 
 
+def evaluate_vae_space(vae, oracles: Oracles, n: int) -> dict:
+    """Per family of the style space (seen and each held-out one): oracle shape and colour on ``n`` renders and on
+    their reconstructions, pixel MSE, and the style judge's retrieval of each original by its reconstruction among
+    50 styles of the family drawing the same scene (``space_eval.style_retrieval``)."""
+    from .space_eval import family_renders, style_retrieval
+
+    result = {}
+    for name in (space.SEEN, *space.HELD_OUT_FAMILIES):
+        images, scenes, _ = family_renders(name, n, EVAL_SEED)
+        recon = torch.cat([reconstruct_vae(vae, images[i : i + 64]) for i in range(0, n, 64)])
+        original = oracle_accuracy(oracles, images, scenes.labels())
+        rebuilt = oracle_accuracy(oracles, recon, scenes.labels())
+        result[name] = {
+            **{f"original_{k}": round(original[k], 4) for k in ("shape", "colour")},
+            **{f"reconstruction_{k}": round(rebuilt[k], 4) for k in ("shape", "colour")},
+            "pixel_mse": round(F.mse_loss(recon, to_tensor(images)).item(), 5),
+            "style_retrieval": style_retrieval(lambda x: reconstruct_vae(vae, x), name, EVAL_SEED),
+        }
+    return result
+
+
 # ----------------------------------------------------------------------------------------------- UNet
 
 
@@ -253,11 +266,11 @@ def train_sd_unet(recipe: Recipe, out: Path, resume: bool, vae_run: Path, clip: 
     unet = build_unet(recipe.model, renderer.SIZE // scale, vae.config.latent_channels, text_encoder.config.hidden_size)
 
     def step_fn(step):
-        images, scenes = training_batch(recipe.batch_size, recipe.seed, step, renderer.SEEN_STYLES)  # never held out
-        generator = step_generator(recipe.seed, step)
-        noisy, timesteps, target = parts.noised(images, generator)
-        drop = torch.rand(len(images), generator=generator) < empty_prompt_prob
-        text = parts.encode_text(drop_captions(scenes.captions(), drop))
+        batch = space.recipe_batch(recipe.extra, recipe.batch_size, recipe.seed, step, renderer.SEEN_STYLES)
+        generator = step_generator(recipe.seed, step)  # never a held-out style or family
+        noisy, timesteps, target = parts.noised(batch.images, generator)
+        drop = torch.rand(len(batch.images), generator=generator) < empty_prompt_prob
+        text = parts.encode_text(drop_captions(batch.captions, drop))
         return F.mse_loss(unet(noisy, timesteps, text).sample.float(), target), {}
 
     wall, history = train_loop(recipe, out, {"unet": unet}, list(unet.parameters()), step_fn, resume)
@@ -278,6 +291,8 @@ def train_sd_unet(recipe: Recipe, out: Path, resume: bool, vae_run: Path, clip: 
     pipe = load_shapes_sd(out / "shapes-sd")
     settings = recipe.extra.get("eval", {})
     metrics = evaluate_sd(pipe, evaluation_oracles(oracles), settings) if settings.get("images", 128) else {}
+    if metrics and recipe.extra.get("data") == "space":
+        metrics["space"] = evaluate_sd_space(pipe, evaluation_oracles(oracles), settings)
     finish(out, "sd-unet", recipe, wall, history, metrics)
 
 
@@ -308,4 +323,17 @@ def evaluate_sd(pipe, oracles: Oracles, settings: dict) -> dict:
         images, seconds = sample(pipe, scenes.captions(), settings)
         result[f"{group}_seconds_per_16_images"] = round(float(np.median(seconds)), 2)  # a smaller last batch too
         result[group] = {k: round(v, 4) for k, v in oracle_accuracy(oracles, images, scenes.labels()).items()}
+    return result
+
+
+def evaluate_sd_space(pipe, oracles: Oracles, settings: dict) -> dict:
+    """Prompts naming the space's seen styles (the target) and held-out ones (words it never read, for reference):
+    oracle shape, colour and size, and style (the asked style retrieved among 50, ``space_eval.measure_prompted``)."""
+    from .space_eval import measure_prompted, prompted_task
+
+    result = {}
+    for group, held_out in (("seen", False), ("held_out", True)):
+        task = prompted_task(settings.get("images", 128), EVAL_SEED, held_out)
+        images, _ = sample(pipe, task.prompts(), settings)
+        result[group] = measure_prompted(images, task, oracles)
     return result

@@ -27,7 +27,7 @@ from PIL import Image
 
 from ..errors import StylecraftError
 from ..instantstyle import canny_edges, ip_adapter_processors
-from . import renderer
+from . import renderer, space
 from .oracles import Oracles, oracle_accuracy
 from .pretrain import EVAL_SEED, Recipe, evaluation_oracles, finish, to_tensor, train_loop
 from .train_sd import (
@@ -37,7 +37,6 @@ from .train_sd import (
     load_shapes_sd,
     sample,
     step_generator,
-    training_batch,
 )
 
 IP_ADAPTER_WEIGHTS = "ip-adapter.safetensors"
@@ -108,7 +107,8 @@ def train_ip_adapter(
     drop_prob = recipe.extra.get("drop_prob", 0.05)
 
     def step_fn(step):
-        images, scenes = training_batch(recipe.batch_size, recipe.seed, step, renderer.SEEN_STYLES)
+        batch = space.recipe_batch(recipe.extra, recipe.batch_size, recipe.seed, step, renderer.SEEN_STYLES)
+        images, captions = batch.images, batch.captions
         generator = step_generator(recipe.seed, step)
         noisy, timesteps, target = parts.noised(images, generator)
         with torch.no_grad():
@@ -118,7 +118,7 @@ def train_ip_adapter(
         drop_image = (draw < drop_prob) | ((draw >= 2 * drop_prob) & (draw < 3 * drop_prob))
         drop_text = (draw >= drop_prob) & (draw < 3 * drop_prob)
         image_embeds = torch.where(drop_image[:, None], 0.0, image_embeds)  # zeros: the unconditional image
-        text = parts.encode_text(drop_captions(scenes.captions(), drop_text))
+        text = parts.encode_text(drop_captions(captions, drop_text))
         added = {"image_embeds": [image_embeds[:, None]]}  # one adapter, one image each: [n, 1, D]
         prediction = unet(noisy, timesteps, text, added_cond_kwargs=added).sample.float()
         return F.mse_loss(prediction, target), {}
@@ -130,8 +130,29 @@ def train_ip_adapter(
     save_file(ip_adapter_state_dict(unet), folder / IP_ADAPTER_WEIGHTS)
     pipe = load_shapes_sd(sd_folder)  # the saved adapter, through diffusers' own loader
     pipe.load_ip_adapter(str(out), subfolder="ip-adapter", weight_name=IP_ADAPTER_WEIGHTS)
-    metrics = evaluate_ip_adapter(pipe, evaluation_oracles(oracles), recipe.extra.get("eval", {}))
+    if recipe.extra.get("data") == "space":
+        metrics = evaluate_ip_adapter_space(pipe, evaluation_oracles(oracles), recipe.extra.get("eval", {}))
+    else:
+        metrics = evaluate_ip_adapter(pipe, evaluation_oracles(oracles), recipe.extra.get("eval", {}))
     finish(out, "ip-adapter", recipe, wall, history, metrics)
+
+
+def evaluate_ip_adapter_space(pipe, oracles: Oracles, settings: dict) -> dict:
+    """The plain IP-Adapter (every block, scale 1) on each held-out family of the style space: its reference image
+    (``space_eval.family_task``: a large red circle) and ``settings["images"]`` prompts of other shapes and colours
+    with no style words; style match, content and leakage (``space_eval.measure_family``) per family, and the mean."""
+    from .space_eval import family_task, measure_family
+
+    result = {"sampler": {"images": 16, "steps": 25, "guidance": 3.0, **settings}}
+    for name in space.HELD_OUT_FAMILIES:
+        task = family_task(name, settings.get("images", 16))
+        images, _ = sample(
+            pipe, task.prompts(with_style=False), settings, ip_adapter_image=Image.fromarray(task.reference)
+        )
+        result[name] = measure_family(images, task, oracles)
+    keys = result[next(iter(space.HELD_OUT_FAMILIES))].keys()
+    result["mean"] = {k: round(float(np.mean([result[f][k] for f in space.HELD_OUT_FAMILIES])), 4) for k in keys}
+    return result
 
 
 def evaluate_ip_adapter(pipe, oracles: Oracles, settings: dict) -> dict:
@@ -172,12 +193,13 @@ def train_controlnet(recipe: Recipe, out: Path, resume: bool, sd_folder: Path, o
     empty_prompt_prob = recipe.extra.get("empty_prompt_prob", 0.5)
 
     def step_fn(step):
-        images, scenes = training_batch(recipe.batch_size, recipe.seed, step, renderer.SEEN_STYLES)
+        batch = space.recipe_batch(recipe.extra, recipe.batch_size, recipe.seed, step, renderer.SEEN_STYLES)
+        images, captions = batch.images, batch.captions
         generator = step_generator(recipe.seed, step)
         noisy, timesteps, target = parts.noised(images, generator)
         edges = to_tensor(np.stack([np.asarray(canny_edges(Image.fromarray(image))) for image in images]))  # [0, 1]
         drop = torch.rand(len(images), generator=generator) < empty_prompt_prob
-        text = parts.encode_text(drop_captions(scenes.captions(), drop))
+        text = parts.encode_text(drop_captions(captions, drop))
         down, mid = controlnet(noisy, timesteps, text, controlnet_cond=edges, return_dict=False)
         prediction = unet(
             noisy, timesteps, text, down_block_additional_residuals=down, mid_block_additional_residual=mid
