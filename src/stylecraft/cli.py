@@ -51,18 +51,29 @@ def _add_sampling(parser: argparse.ArgumentParser) -> None:
 
 def _configure_instantstyle(parser: argparse.ArgumentParser) -> None:
     """Options of ``stylecraft instantstyle`` (InstantStyle, arXiv 2404.02733)."""
-    parser.add_argument("--model", required=True, help="SD 1.5 / SDXL hub id or diffusers folder")
-    parser.add_argument("--ip-adapter", default="h94/IP-Adapter", help="IP-Adapter repo id or folder")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="SD 1.5 / SDXL hub id or diffusers folder (default: the shapes world's shapes-sd, when installed)",
+    )
+    parser.add_argument(
+        "--ip-adapter",
+        default=None,
+        help="IP-Adapter repo id or folder (default: the one the model folder declares, else h94/IP-Adapter)",
+    )
     parser.add_argument(
         "--ip-adapter-weight",
         default=None,
-        help="weights file inside --ip-adapter (default: sdxl_models/ip-adapter_sdxl.safetensors for SDXL, "
-        "models/ip-adapter_sd15.safetensors for SD 1.5)",
+        help="weights file inside --ip-adapter (default: the model folder's, else "
+        "sdxl_models/ip-adapter_sdxl.safetensors for SDXL, models/ip-adapter_sd15.safetensors for SD 1.5)",
     )
     parser.add_argument("--image-encoder", default=None, help="CLIP vision folder or subfolder (image_encoder)")
     style = parser.add_mutually_exclusive_group(required=True)
-    style.add_argument("--style-image", default=None, help="the style reference image")
+    style.add_argument("--style-image", nargs="+", default=None, help="style reference image(s); several: averaged")
     style.add_argument("--style-embeds", default=None, help="precomputed embedding (a run's inputs/style_embeds.*)")
+    parser.add_argument(
+        "--style-weights", type=float, nargs="+", default=None, help="one weight per --style-image (default equal)"
+    )
     parser.add_argument("--prompt", required=True, help="what to draw")
     parser.add_argument("--negative-prompt", default=None, help="negative prompt (default: none)")
     parser.add_argument("--scale", type=float, default=1.0, help="IP-Adapter scale in the chosen blocks (default 1.0)")
@@ -71,14 +82,24 @@ def _configure_instantstyle(parser: argparse.ArgumentParser) -> None:
         default="style",
         help="style | style+layout | all, or comma-separated keys like up_blocks.0.attentions.1 (default style)",
     )
+    parser.add_argument(
+        "--precise",
+        action="store_true",
+        help="precise style transfer: the layout blocks take the style image as the negative (needs --guidance > 1)",
+    )
     parser.add_argument("--content-prompt", default=None, help="content of the style image to subtract, e.g. 'a cat'")
     parser.add_argument("--subtract", type=float, default=None, help="strength (default 0.5 SDXL bigG, 0.8 ViT-H)")
-    parser.add_argument("--content-text-encoder", default=None, help="CLIP text tower matching a ViT-H image encoder")
+    parser.add_argument(
+        "--content-text-encoder",
+        default=None,
+        help="CLIP text tower matching a ViT-H image encoder (default: the model folder's, if it declares one)",
+    )
     parser.add_argument("--content-image", default=None, help="keep this image's layout (canny ControlNet)")
     parser.add_argument(
         "--controlnet",
         default=None,
-        help="canny ControlNet (default: diffusers/controlnet-canny-sdxl-1.0, lllyasviel/sd-controlnet-canny)",
+        help="canny ControlNet (default: the model folder's, else diffusers/controlnet-canny-sdxl-1.0 or "
+        "lllyasviel/sd-controlnet-canny)",
     )
     parser.add_argument("--controlnet-scale", type=float, default=0.6, help="conditioning scale (default 0.6)")
     parser.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")

@@ -11,6 +11,16 @@ copies the reference's content and layout along with its style. InstantStyle mak
 
 A content image keeps its layout through a canny ControlNet while the style goes in the style blocks.
 
+Beyond the paper:
+
+- **Precise style transfer** (``precise=True``, ComfyUI IPAdapter's "style transfer precise"): the layout blocks (in
+  "style+layout" but not in "style") also get the adapter, with the reference as the *negative*: their processors see
+  the CFG batch's image tokens swapped, so guidance pushes away from the reference's layout there.
+- **Several style images**: their embeddings are averaged (optionally weighted) into one; ``--style-embeds`` reuses it.
+- **A model folder may declare its defaults** in model_index.json's ``"_stylecraft"`` entry (diffusers ignores keys
+  starting with ``_``): an ``architecture`` name and ``block_presets`` for it, and the ``ip_adapter``,
+  ``ip_adapter_weight``, ``controlnet`` and ``content_text_encoder`` it ships with (folders relative to the model's).
+
 Everything runs on diffusers' ``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline`` (and their ControlNet
 variants) with ``load_ip_adapter``; this module chooses the processors, builds ``ip_adapter_image_embeds`` and
 writes the output folder.
@@ -19,7 +29,10 @@ writes the output folder.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +43,7 @@ from PIL import Image
 
 from .errors import StylecraftError
 from .io import load_image, make_grid, output_dir, save_png, write_json
+from .world import WEIGHTS
 
 # Named block sets per architecture (InstantStyle paper and official repo). "all" = every IP-Adapter processor.
 BLOCK_PRESETS: dict[str, dict[str, list[str]]] = {
@@ -43,6 +57,7 @@ BLOCK_PRESETS: dict[str, dict[str, list[str]]] = {
         "style+layout": ["down_blocks.2", "mid_block", "up_blocks.1"],
     },
 }
+DEFAULT_MODEL = WEIGHTS / "shapes-sd"  # the shapes world's SD 1.5-layout model, its IP-Adapter and ControlNet inside
 DEFAULT_IP_ADAPTER = "h94/IP-Adapter"
 DEFAULT_WEIGHT_NAME = {"sdxl": "sdxl_models/ip-adapter_sdxl.safetensors", "sd15": "models/ip-adapter_sd15.safetensors"}
 DEFAULT_CONTROLNET = {"sdxl": "diffusers/controlnet-canny-sdxl-1.0", "sd15": "lllyasviel/sd-controlnet-canny"}
@@ -67,6 +82,12 @@ def ip_adapter_processors(unet) -> dict[str, Any]:
     return {name: p for name, p in processors if isinstance(p, IPAdapterAttnProcessor | IPAdapterAttnProcessor2_0)}
 
 
+def processors_under(unet, block_keys: list[str]) -> dict[str, Any]:
+    """The IP-Adapter processors inside the blocks ``block_keys`` (e.g. ``up_blocks.0.attentions.1``), by name."""
+    processors = ip_adapter_processors(unet).items()
+    return {name: p for name, p in processors if any(name.startswith(f"{key}.") for key in block_keys)}
+
+
 def valid_block_keys(unet) -> list[str]:
     """Keys ``--blocks`` accepts for this UNet: whole blocks (``up_blocks.0``) and attentions (``…attentions.1``)."""
     keys = set()
@@ -77,16 +98,16 @@ def valid_block_keys(unet) -> list[str]:
     return sorted(keys)
 
 
-def resolve_blocks(unet, blocks: str | list[str]) -> list[str]:
+def resolve_blocks(unet, blocks: str | list[str], presets: dict[str, list[str]] | None = None) -> list[str]:
     """Turn a preset name ("style", "style+layout", "all"), a comma-separated string or a list into block keys.
 
-    Every key must exist in this UNet: diffusers' ``set_ip_adapter_scale`` drops unknown keys silently, which leaves
-    the adapter off everywhere.
+    ``presets`` defaults to ``BLOCK_PRESETS[architecture_of(unet)]``. Every key must exist in this UNet: diffusers'
+    ``set_ip_adapter_scale`` drops unknown keys silently, which leaves the adapter off everywhere.
     """
     valid = valid_block_keys(unet)
     if not valid:
         raise StylecraftError("the UNet has no IP-Adapter processors; load an IP-Adapter before choosing blocks")
-    presets = BLOCK_PRESETS[architecture_of(unet)]
+    presets = BLOCK_PRESETS[architecture_of(unet)] if presets is None else presets
     if isinstance(blocks, str):
         if blocks == "all":
             return [key for key in valid if "attentions" not in key]
@@ -94,12 +115,28 @@ def resolve_blocks(unet, blocks: str | list[str]) -> list[str]:
     else:
         keys = list(blocks)
     unknown = [key for key in keys if key not in valid]
+    for key in unknown:  # a real block of the UNet (e.g. SDXL's down_blocks.0, a DownBlock2D) without cross-attention
+        try:
+            module = unet.get_submodule(key)
+        except AttributeError:
+            continue
+        if not processors_under(unet, [key]):
+            raise StylecraftError(
+                f"block {key} ({type(module).__name__}) has no cross-attention, so the IP-Adapter cannot reach it; "
+                f"use blocks that have: {', '.join(valid)}"
+            )
     if unknown or not keys:
         raise StylecraftError(
-            f"unknown block key(s) {', '.join(unknown) or '(none given)'} for this {architecture_of(unet)} UNet; "
+            f"unknown block key(s) {', '.join(unknown) or '(none given)'} for this UNet; "
             f"use a preset ({', '.join([*presets, 'all'])}) or comma-separated keys from: {', '.join(valid)}"
         )
     return keys
+
+
+def layout_keys(presets: dict[str, list[str]]) -> list[str]:
+    """The layout blocks of a preset table: those in "style+layout" that are not in "style" (SDXL:
+    ``down_blocks.2.attentions.1``; SD 1.5: ``down_blocks.2``, ``mid_block``)."""
+    return [key for key in presets.get("style+layout", []) if key not in presets.get("style", [])]
 
 
 def set_ip_adapter_blocks(unet, block_keys: list[str], scale: float = 1.0) -> list[str]:
@@ -108,13 +145,44 @@ def set_ip_adapter_blocks(unet, block_keys: list[str], scale: float = 1.0) -> li
     Same effect as ``pipe.set_ip_adapter_scale({"up": {"block_0": [0.0, scale, 0.0]}})`` for the SDXL style block,
     with the keys checked. Returns the names of the processors that stay on.
     """
-    active = []
+    active = processors_under(unet, block_keys)
     for name, processor in ip_adapter_processors(unet).items():
-        on = any(name.startswith(f"{key}.") for key in block_keys)
-        processor.scale = [scale if on else 0.0] * len(processor.scale)  # one entry per loaded adapter
-        if on:
-            active.append(name)
-    return active
+        processor.scale = [scale if name in active else 0.0] * len(processor.scale)  # one entry per loaded adapter
+    return list(active)
+
+
+class ReferenceAsNegative(torch.nn.Module):
+    """An IP-Adapter processor that sees the CFG batch's image tokens swapped (precise style transfer).
+
+    diffusers stacks the batch as [unconditional; conditional] (``prepare_ip_adapter_image_embeds``). Swapped, the
+    conditional half attends to the unconditional image tokens and the unconditional half to the reference's, so
+    ``uncond + g · (cond − uncond)`` pushes away from the reference in this block (ComfyUI IPAdapter's "style transfer
+    precise" gives the layout block the reference as its negative the same way).
+    """
+
+    def __init__(self, processor: torch.nn.Module):
+        super().__init__()
+        self.processor = processor
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, **kwargs):
+        text, image_tokens = encoder_hidden_states  # image tokens: one [2·n, ...] tensor per adapter
+        swapped = [torch.cat(tokens.chunk(2)[::-1]) for tokens in image_tokens]
+        return self.processor(attn, hidden_states, (text, swapped), **kwargs)
+
+
+@contextmanager
+def reference_as_negative(unet, block_keys: list[str]) -> Iterator[None]:
+    """Within the block: the IP-Adapter processors under ``block_keys`` take the reference as their negative."""
+    swapped = []  # (attention module, its own processor)
+    try:
+        for name, processor in processors_under(unet, block_keys).items():
+            attention = unet.get_submodule(name.removesuffix(".processor"))
+            attention.set_processor(ReferenceAsNegative(processor))
+            swapped.append((attention, processor))
+        yield
+    finally:
+        for attention, processor in swapped:
+            attention.set_processor(processor)
 
 
 # ----------------------------------------------------------------------------------------------- content path
@@ -187,6 +255,19 @@ def canny_edges(image: Image.Image, low: float = 100.0, high: float = 200.0) -> 
 # ----------------------------------------------------------------------------------------------- pipeline
 
 
+def normalised_weights(count: int, weights: list[float] | None) -> list[float]:
+    """Weights of ``count`` style images, summing to 1 (default equal); one per image, non-negative, not all 0."""
+    weights = [1.0] * count if weights is None else list(weights)
+    if count < 1 or len(weights) != count:
+        raise StylecraftError(
+            f"got {count} style image(s) and {len(weights)} weight(s); give one weight per image "
+            "(--style-weights W [W ...]) or none for equal weights"
+        )
+    if any(weight < 0 for weight in weights) or sum(weights) <= 0:
+        raise StylecraftError(f"style weights must be non-negative and not all zero, got {weights}")
+    return [weight / sum(weights) for weight in weights]
+
+
 @dataclass
 class InstantStyleOutput:
     """Generated images plus the settings they were made with (as resolved: defaults filled in)."""
@@ -208,10 +289,12 @@ class InstantStyle:
     sources: dict[str, str | None] = field(default_factory=dict)  # where each component came from (run.json)
     content_text_encoder: Any = None  # CLIPTextModelWithProjection matching the image encoder (ViT-H adapters)
     content_tokenizer: Any = None
+    architecture: str = ""  # the BLOCK_PRESETS key: the model folder's declared name, else architecture_of(unet)
+    block_presets: dict[str, list[str]] = field(default_factory=dict)  # the folder's own, over BLOCK_PRESETS's
 
-    @property
-    def architecture(self) -> str:
-        return architecture_of(self.pipe.unet)
+    def __post_init__(self):
+        self.architecture = self.architecture or architecture_of(self.pipe.unet)
+        self.block_presets = {**BLOCK_PRESETS.get(self.architecture, {}), **self.block_presets}
 
     @property
     def image_projection(self):
@@ -242,11 +325,20 @@ class InstantStyle:
         with torch.no_grad():
             return self.pipe.encode_image(image, self.pipe.device, 1, output_hidden_states=not self.basic_adapter)
 
+    def encode_styles(
+        self, images: list[Image.Image | str | Path], weights: list[float] | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``encode_style`` of several images, combined as their weighted mean (weights default equal)."""
+        weights = normalised_weights(len(images), weights)
+        encoded = [self.encode_style(image) for image in images]
+        mean = sum(weight * embeds for weight, (embeds, _) in zip(weights, encoded, strict=True))
+        return mean, encoded[0][1]  # [1, D] or [1, T, W]; the unconditional input does not depend on the image
+
     def encode_content(self, prompt: str) -> torch.Tensor:
         """Projected (pooled) CLIP text embedding of the content prompt in the image encoder's space: [1, D]."""
         encoder, tokenizer = self.content_text_encoder, self.content_tokenizer
         if encoder is None:
-            if self.architecture != "sdxl":
+            if architecture_of(self.pipe.unet) != "sdxl":
                 raise StylecraftError(
                     "SD 1.5 IP-Adapters use a ViT-H image encoder and the pipeline has no ViT-H text tower; "
                     f"pass --content-text-encoder {VIT_H_TEXT} (or a local copy)"
@@ -262,12 +354,14 @@ class InstantStyle:
     def __call__(
         self,
         prompt: str,
-        style_image: Image.Image | str | Path | None = None,
+        style_image: Image.Image | str | Path | list[Image.Image | str | Path] | None = None,
         *,
+        style_weights: list[float] | None = None,
         style_embeds: torch.Tensor | None = None,
         negative_prompt: str | None = None,
         blocks: str | list[str] = "style",
         scale: float = 1.0,
+        precise: bool = False,
         content_prompt: str | None = None,
         subtract: float | None = None,
         content_image: Image.Image | str | Path | None = None,
@@ -279,7 +373,10 @@ class InstantStyle:
     ) -> InstantStyleOutput:
         """Generate ``num_images`` images of ``prompt`` in the style of ``style_image`` (or ``style_embeds``).
 
+        ``style_image``: one image or a list; several are combined as the mean of their embeddings, weighted by
+        ``style_weights`` (default equal).
         ``blocks``: a preset ("style", "style+layout", "all"), comma-separated block keys, or a list of keys.
+        ``precise``: the layout blocks also get the adapter (at ``scale``), with the reference as their negative.
         ``content_prompt``/``subtract``: remove the style image's content, ``image − subtract · text(content)``
         (default strength 0.5 with SDXL's bigG text tower, 0.8 with ``content_text_encoder``).
         ``content_image``: keep its layout through the canny ControlNet (needs ``load_instantstyle(controlnet=…)``).
@@ -288,6 +385,8 @@ class InstantStyle:
         # 1. Validate.
         if (style_image is None) == (style_embeds is None):
             raise StylecraftError("give exactly one of a style image (--style-image) or an embedding (--style-embeds)")
+        if style_weights is not None and style_image is None:
+            raise StylecraftError("--style-weights weighs style images; drop it with --style-embeds")
         if subtract is not None and content_prompt is None:
             raise StylecraftError("--subtract needs --content-prompt (the content to remove from the style image)")
         if content_image is not None and not hasattr(self.pipe, "controlnet"):
@@ -298,9 +397,32 @@ class InstantStyle:
             if value < 1:
                 raise StylecraftError(f"{name} must be at least 1, got {value}")
 
-        # 2. Style blocks: IP-Adapter on only where the style lives.
-        block_keys = resolve_blocks(self.pipe.unet, blocks)
-        active = set_ip_adapter_blocks(self.pipe.unet, block_keys, scale)
+        do_cfg = guidance > 1 and self.pipe.unet.config.time_cond_proj_dim is None
+
+        # 2. Style blocks: IP-Adapter on only where the style lives (and, precise, in the layout blocks as negative).
+        block_keys = resolve_blocks(self.pipe.unet, blocks, self.block_presets)
+        negative_keys = []
+        if precise:
+            if not do_cfg:
+                raise StylecraftError(
+                    f"--precise gives the layout blocks the reference as the negative, which needs classifier-free "
+                    f"guidance; use --guidance above 1 (got {guidance})"
+                )
+            if not layout_keys(self.block_presets):
+                raise StylecraftError(
+                    f"--precise needs the layout blocks of this {self.architecture} model, and its presets name none "
+                    '(a "style+layout" preset with blocks beyond "style")'
+                )
+            negative_keys = resolve_blocks(self.pipe.unet, layout_keys(self.block_presets), self.block_presets)
+            if (
+                processors_under(self.pipe.unet, block_keys).keys()
+                & processors_under(self.pipe.unet, negative_keys).keys()
+            ):
+                raise StylecraftError(
+                    f"--precise takes the layout block(s) {', '.join(negative_keys)} as negative, but --blocks "
+                    f"{', '.join(block_keys)} puts the reference there as positive; use --blocks style"
+                )
+        active = set_ip_adapter_blocks(self.pipe.unet, block_keys + negative_keys, scale)
 
         # 3. Image embedding, minus the content; the negative branch is the adapter's unconditional input (zeros).
         if style_embeds is not None:
@@ -316,7 +438,8 @@ class InstantStyle:
             image_embeds = style_embeds.reshape(1, expected)  # [1, D]
             negative = torch.zeros_like(image_embeds)
         else:
-            image_embeds, negative = self.encode_style(style_image)
+            images = list(style_image) if isinstance(style_image, list | tuple) else [style_image]
+            image_embeds, negative = self.encode_styles(images, style_weights)
         dtype, device = self.pipe.unet.dtype, self.pipe.unet.device
         image_embeds, negative = image_embeds.to(device, dtype), negative.to(device, dtype)
         positive = image_embeds
@@ -331,7 +454,6 @@ class InstantStyle:
                 subtract = DEFAULT_SUBTRACT["content_text_encoder" if self.content_text_encoder else "text_encoder_2"]
             content_embeds = self.encode_content(content_prompt).to(device, dtype)
             positive = subtract_content(image_embeds, content_embeds, subtract)
-        do_cfg = guidance > 1 and self.pipe.unet.config.time_cond_proj_dim is None
         # diffusers' precomputed layout per adapter: [negative; positive] with CFG, else positive: [(2,) 1, ...]
         ip_adapter_image_embeds = torch.stack([negative, positive]) if do_cfg else positive[None]
 
@@ -345,16 +467,17 @@ class InstantStyle:
                 )
             control_image = canny_edges(content_image)
             kwargs = {"image": control_image, "controlnet_conditioning_scale": controlnet_scale}
-        images = self.pipe(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            ip_adapter_image_embeds=[ip_adapter_image_embeds],
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            num_images_per_prompt=num_images,
-            generator=torch.Generator("cpu").manual_seed(seed),
-            **kwargs,
-        ).images
+        with reference_as_negative(self.pipe.unet, negative_keys):
+            images = self.pipe(
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                ip_adapter_image_embeds=[ip_adapter_image_embeds],
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                num_images_per_prompt=num_images,
+                generator=torch.Generator("cpu").manual_seed(seed),
+                **kwargs,
+            ).images
         settings = {
             **self.sources,
             "architecture": self.architecture,
@@ -365,6 +488,9 @@ class InstantStyle:
             "active_processors": len(active),
             "ip_adapter_processors": len(ip_adapter_processors(self.pipe.unet)),
             "scale": scale,
+            "precise": precise,
+            "layout_keys": negative_keys or None,
+            "style_weights": style_weights,
             "content_prompt": content_prompt,
             "subtract": subtract,
             "controlnet_scale": controlnet_scale if content_image is not None else None,
@@ -389,9 +515,34 @@ def _pretrained(loader, source: str, what: str, flag: str, **kwargs):
         raise StylecraftError(f"could not load {what} {source!r} ({first}); pass a local folder with {flag}") from None
 
 
+def model_declaration(model: str | Path) -> dict[str, Any]:
+    """The ``"_stylecraft"`` entry of a local model folder's model_index.json: what InstantStyle uses it with.
+
+    Keys (all optional): ``architecture`` (its BLOCK_PRESETS name), ``block_presets`` (``{"style": [...],
+    "style+layout": [...]}``), ``ip_adapter``, ``controlnet``, ``content_text_encoder`` (folders relative to the
+    model's) and ``ip_adapter_weight`` (the file inside ``ip_adapter``). Hub ids and other folders declare nothing.
+    """
+    index = Path(model).expanduser() / "model_index.json"
+    if not index.is_file():
+        return {}
+    try:
+        declared = json.loads(index.read_text()).get("_stylecraft", {})
+    except (OSError, ValueError, AttributeError) as err:
+        raise StylecraftError(f"could not read {index} ({err.__class__.__name__}); fix or replace the file") from None
+    presets = declared.get("block_presets", {}) if isinstance(declared, dict) else None
+    if not isinstance(presets, dict) or not all(
+        isinstance(keys, list) and all(isinstance(key, str) for key in keys) for keys in presets.values()
+    ):
+        raise StylecraftError(
+            f'{index}: "_stylecraft" must be an object whose "block_presets" maps preset names to lists of block '
+            'keys, e.g. {"style": ["up_blocks.1"]}'
+        )
+    return declared
+
+
 def load_instantstyle(
-    model: str | Path,
-    ip_adapter: str | Path | dict = DEFAULT_IP_ADAPTER,
+    model: str | Path | None = None,
+    ip_adapter: str | Path | dict | None = None,
     weight_name: str | None = None,
     image_encoder: str | Path | None = None,
     controlnet: str | Path | None = None,
@@ -401,17 +552,23 @@ def load_instantstyle(
 ) -> InstantStyle:
     """Load an SD 1.5 / SDXL pipeline with an IP-Adapter (and a ControlNet) for InstantStyle.
 
+    A model folder's declared defaults (``model_declaration``) fill in what is not given; explicit arguments win.
+
     Args:
-        model: hub id (e.g. ``stabilityai/stable-diffusion-xl-base-1.0``) or diffusers-layout folder.
-        ip_adapter: repo id or folder holding the adapter weights (or a state dict, as diffusers accepts).
-        weight_name: path of the weights inside ``ip_adapter`` (default ``sdxl_models/ip-adapter_sdxl.safetensors``
-            for SDXL, ``models/ip-adapter_sd15.safetensors`` for SD 1.5).
+        model: hub id (e.g. ``stabilityai/stable-diffusion-xl-base-1.0``) or diffusers-layout folder; default
+            ``DEFAULT_MODEL``, the shapes world's ``shapes-sd``.
+        ip_adapter: repo id or folder holding the adapter weights (or a state dict, as diffusers accepts); default
+            the model folder's declared adapter, else ``h94/IP-Adapter``.
+        weight_name: path of the weights inside ``ip_adapter`` (default: the declared one with the declared adapter,
+            else ``sdxl_models/ip-adapter_sdxl.safetensors`` for SDXL, ``models/ip-adapter_sd15.safetensors`` for
+            SD 1.5).
         image_encoder: CLIP vision folder, or a subfolder of ``ip_adapter``; default ``image_encoder`` next to the
             weights (diffusers' rule). Not loaded when the model folder already has one.
-        controlnet: canny ControlNet (repo id or folder) for content images; ``"default"`` picks
-            ``diffusers/controlnet-canny-sdxl-1.0`` or ``lllyasviel/sd-controlnet-canny``.
+        controlnet: canny ControlNet (repo id or folder) for content images; ``"default"`` picks the declared one,
+            else ``diffusers/controlnet-canny-sdxl-1.0`` or ``lllyasviel/sd-controlnet-canny``.
         content_text_encoder: CLIP text model with projection matching the image encoder, for content subtraction
             with ViT-H adapters (SD 1.5, ``ip-adapter_sdxl_vit-h``); SDXL's bigG adapters use ``text_encoder_2``.
+            Default: the declared one, if any.
         device, dtype: where and in what precision to run (float32 on CPU; float16 on GPU is the usual choice).
     """
     from diffusers import (
@@ -422,7 +579,23 @@ def load_instantstyle(
         StableDiffusionXLControlNetPipeline,
         StableDiffusionXLPipeline,
     )
+    from diffusers.models.embeddings import ImageProjection, IPAdapterPlusImageProjection
     from transformers import AutoConfig, CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
+
+    if model is None:
+        if not DEFAULT_MODEL.is_dir():
+            raise StylecraftError(
+                f"the built-in shapes-sd model is not installed ({DEFAULT_MODEL} is missing); pass --model with an "
+                "SD 1.5 / SDXL hub id or folder"
+            )
+        model = DEFAULT_MODEL
+    declared = model_declaration(model)
+    folder = Path(model).expanduser()  # declared paths are relative to it
+    if ip_adapter is None:
+        ip_adapter = folder / declared["ip_adapter"] if "ip_adapter" in declared else DEFAULT_IP_ADAPTER
+        weight_name = weight_name or declared.get("ip_adapter_weight")
+    if content_text_encoder is None and "content_text_encoder" in declared:
+        content_text_encoder = folder / declared["content_text_encoder"]
 
     pipe = _pretrained(DiffusionPipeline, str(model), "model", "--model", dtype=dtype)
     controlnet_pipelines = {  # text-to-image class -> its ControlNet variant
@@ -465,10 +638,35 @@ def load_instantstyle(
             f"could not load IP-Adapter {weight_name} ({first}); pass --ip-adapter REPO_OR_FOLDER and "
             "--ip-adapter-weight SUBFOLDER/FILE.safetensors"
         ) from None
+    # The image encoder must give what the adapter's projection takes: the pooled embedding (basic adapters) or the
+    # patch tokens (Plus); otherwise generation would stop at a matrix-shape error.
+    projection = pipe.unet.encoder_hid_proj.image_projection_layers[0]
+    encoder = getattr(pipe, "image_encoder", None)
+    given = taken = None  # the encoder's output width, the projection's input width
+    if encoder is not None and isinstance(projection, ImageProjection):
+        given, taken = encoder.config.projection_dim, projection.image_embeds.in_features
+    elif encoder is not None and isinstance(projection, IPAdapterPlusImageProjection):
+        given, taken = encoder.config.hidden_size, projection.proj_in.in_features
+    if given != taken:
+        raise StylecraftError(
+            f"the image encoder gives {given}-dim image embeddings but the IP-Adapter's image projection takes "
+            f"{taken}; pass the adapter's own image encoder (--image-encoder)"
+        )
 
     if controlnet is not None:
-        controlnet = DEFAULT_CONTROLNET[architecture] if controlnet == "default" else str(controlnet)
+        if controlnet == "default":
+            declared_net = declared.get("controlnet")
+            controlnet = str(folder / declared_net) if declared_net else DEFAULT_CONTROLNET[architecture]
+        controlnet = str(controlnet)
         net = _pretrained(ControlNetModel, controlnet, "ControlNet", "--controlnet", dtype=dtype)
+        for name in ("in_channels", "cross_attention_dim", "block_out_channels", "addition_embed_type"):
+            ours, theirs = pipe.unet.config.get(name), net.config.get(name)
+            ours, theirs = [list(v) if isinstance(v, list | tuple) else v for v in (ours, theirs)]
+            if ours != theirs:
+                raise StylecraftError(
+                    f"ControlNet {controlnet} was made for another base model: its {name} is {theirs}, the UNet's is "
+                    f"{ours}; pass a ControlNet trained on this model (--controlnet)"
+                )
         pipe = controlnet_pipelines[type(pipe)].from_pipe(pipe, controlnet=net)
 
     text_encoder = tokenizer = None
@@ -493,7 +691,9 @@ def load_instantstyle(
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
     }
-    return InstantStyle(pipe, sources, text_encoder, tokenizer)
+    return InstantStyle(
+        pipe, sources, text_encoder, tokenizer, declared.get("architecture", ""), declared.get("block_presets", {})
+    )
 
 
 # ----------------------------------------------------------------------------------------------- command line
@@ -510,7 +710,11 @@ def run_cli(args: argparse.Namespace) -> int:
         raise StylecraftError("--subtract needs --content-prompt (the content to remove from the style image)")
     if args.controlnet is not None and args.content_image is None:
         raise StylecraftError("--controlnet is used with --content-image; add one or drop --controlnet")
-    style_image = load_image(args.style_image) if args.style_image else None
+    if args.style_weights is not None:
+        if args.style_image is None:
+            raise StylecraftError("--style-weights weighs style images; drop it with --style-embeds")
+        normalised_weights(len(args.style_image), args.style_weights)
+    style_image = [load_image(path) for path in args.style_image] if args.style_image else None
     style_embeds = None
     if args.style_embeds:
         try:
@@ -538,10 +742,12 @@ def run_cli(args: argparse.Namespace) -> int:
         output = style(
             args.prompt,
             style_image,
+            style_weights=args.style_weights,
             style_embeds=style_embeds,
             negative_prompt=args.negative_prompt,
             blocks=args.blocks,
             scale=args.scale,
+            precise=args.precise,
             content_prompt=args.content_prompt,
             subtract=args.subtract,
             content_image=args.content_image,
@@ -554,7 +760,7 @@ def run_cli(args: argparse.Namespace) -> int:
         settings = {
             "command": "instantstyle",
             **output.settings,
-            "style_image": str(args.style_image) if args.style_image else None,
+            "style_image": [str(path) for path in args.style_image] if args.style_image else None,
             "style_embeds": str(args.style_embeds) if args.style_embeds else None,
             "content_image": str(args.content_image) if args.content_image else None,
         }
