@@ -10,6 +10,7 @@
     python -m stylecraft.world.pretrain ip-adapter --out runs/world/sd-ip-adapter --sd runs/world/sd-unet/shapes-sd
     python -m stylecraft.world.pretrain controlnet --out runs/world/sd-controlnet --sd runs/world/sd-unet/shapes-sd
     python -m stylecraft.world.pretrain ship    --runs runs/world      # copy the results into world/weights/
+    python -m stylecraft.world.pretrain ship-sd --runs runs/v2         # shapes-sd + IP-Adapter + ControlNet
     python -m stylecraft.world.pretrain evaluate --images 512          # the shipped VQ and Muse-mini, judged again
 
 Every run streams fresh renders (no data set on disk), uses AdamW with linear warmup + cosine decay, checkpoints
@@ -201,7 +202,7 @@ def finish(out: Path, name: str, recipe: Recipe, wall: float, history: list[dict
 def build_parser(prog: str = "python -m stylecraft.world.pretrain") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     trained = ["oracles", "glyph", "vq", "clip", "muse", "sd-vae", "sd-unet", "ip-adapter", "controlnet"]
-    parser.add_argument("model", choices=[*trained, "ship", "evaluate"])
+    parser.add_argument("model", choices=[*trained, "ship", "ship-sd", "evaluate"])
     parser.add_argument(
         "--out", type=Path, help="run folder (weights, checkpoint.pt, training.json); for evaluate, evaluation.json's"
     )
@@ -235,6 +236,9 @@ def build_parser(prog: str = "python -m stylecraft.world.pretrain") -> argparse.
         type=Path,
         help="Muse run folder to ship (default RUNS/muse), e.g. a later stage; for evaluate, a run or Muse-mini "
         "folder (default: the shipped one)",
+    )
+    parser.add_argument(
+        "--presets", type=Path, help="ship-sd: JSON of InstantStyle block presets (e.g. a probe's probe.json)"
     )
     parser.add_argument("--only", nargs="+", choices=["oracles", "glyph", "clip", "muse"], help="ship just these")
     parser.add_argument(
@@ -270,7 +274,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     # one module per model trained (imported here: each imports this module's loop and recipe)
-    from .ship import ship
+    from .ship import ship, ship_sd
     from .train_clip import train_clip
     from .train_judges import train_glyph_oracle, train_oracles
     from .train_muse import evaluate_models, train_muse
@@ -280,6 +284,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
     if args.model == "ship":
         ship(args.runs, args.vq, args.muse, args.only, args.clip)
+        return
+    if args.model == "ship-sd":  # shapes-sd and its add-ons, from runs/v2 (docs/shapes-sd.md)
+        presets = json.loads(args.presets.read_text()) if args.presets else None
+        print(f"shipped {ship_sd(args.runs, presets.get('block_presets', presets) if presets else None)}")
         return
     if args.model == "evaluate":  # a model's VQ and Muse-mini again, judged by --oracles (default: the shipped)
         if args.images < 1:

@@ -123,3 +123,57 @@ def _earlier_stages(run: Path, shipped_lineage=_shipped_lineage) -> list[dict]:
         record = json.loads((folder / "training.json").read_text())
         records.insert(0, record)
     return records
+
+
+SD_RUNS = {  # shapes-sd's stages: run folder name under --runs -> what it holds
+    "sd-unet": "shapes-sd",
+    "ip-adapter": "ip-adapter",
+    "controlnet": "controlnet",
+    "clip": "clip",
+}
+SHAPES_SD = "shapes-sd"
+
+
+def ship_sd(runs: Path, block_presets: dict[str, list[str]] | None = None) -> Path:
+    """Assemble ``WEIGHTS/shapes-sd`` from the runs in ``runs`` (sd-unet/, ip-adapter/, controlnet/, clip/, and
+    oracles/ when present): the Stable Diffusion folder, plus ``ip-adapter/`` (h94 layout with its image encoder),
+    ``controlnet/``, ``content_text_encoder/`` (the CLIP's text tower with projection, in the image encoder's space,
+    for content subtraction) and ``training/`` (each stage's record). ``model_index.json`` gains a ``"_stylecraft"``
+    entry that ``load_instantstyle`` reads: the architecture name, its block presets, and where those parts are.
+    The space oracles (``oracles/``, world v2) ship as ``space_oracles.safetensors``. Returns the shipped folder."""
+    from .train_clip import clip_text_encoder
+
+    needed = [runs / name / sub for name, sub in SD_RUNS.items()] + [runs / name / "training.json" for name in SD_RUNS]
+    missing = [str(path) for path in needed if not path.exists()]
+    if missing:  # checked before anything shipped is replaced
+        raise StylecraftError(
+            f"nothing shipped: {missing[0]} does not exist; train that stage first (docs/shapes-sd.md)"
+        )
+    staging = WEIGHTS / f".{SHAPES_SD}.shipping"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(runs / "sd-unet" / "shapes-sd", staging)
+    shutil.copytree(runs / "ip-adapter" / "ip-adapter", staging / "ip-adapter")
+    shutil.copytree(runs / "controlnet" / "controlnet", staging / "controlnet")
+    clip_text_encoder(runs / "clip" / "clip").save_pretrained(staging / "content_text_encoder")
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(runs / "clip" / "clip" / name, staging / "content_text_encoder" / name)
+    (staging / "training").mkdir()
+    stages = [*SD_RUNS, "sd-vae"] if (runs / "sd-vae" / "training.json").is_file() else list(SD_RUNS)
+    for name in stages:
+        shutil.copy(runs / name / "training.json", staging / "training" / f"{name}.json")
+    index = json.loads((staging / "model_index.json").read_text())
+    index["_stylecraft"] = {
+        "architecture": SHAPES_SD,
+        "block_presets": block_presets or {},
+        "ip_adapter": ".",
+        "ip_adapter_weight": "ip-adapter/ip-adapter.safetensors",
+        "controlnet": "controlnet",
+        "content_text_encoder": "content_text_encoder",
+    }
+    write_json(staging / "model_index.json", index)
+    shutil.rmtree(WEIGHTS / SHAPES_SD, ignore_errors=True)
+    staging.rename(WEIGHTS / SHAPES_SD)
+    if (runs / "oracles" / "oracles.safetensors").is_file():
+        _replace_file(runs / "oracles" / "oracles.safetensors", WEIGHTS / "space_oracles.safetensors")
+        _replace_file(runs / "oracles" / "training.json", WEIGHTS / "space_oracles.training.json")
+    return WEIGHTS / SHAPES_SD
