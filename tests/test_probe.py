@@ -75,11 +75,44 @@ def test_rows_cover_every_block_key_and_the_recommendation_is_made_of_them(style
     assert set(report["recommendation"]["layout"]) <= set(valid)
     evaluation = report["evaluation"]
     assert evaluation["recommended"]["blocks"] == report["recommendation"]["style"]
-    assert evaluation["preset"]["blocks"] == ["up_blocks.1"]  # the SD 1.5 preset
-    assert evaluation["comparison"]["outcome"] in ("beats", "equals", "loses to")
+    [paper] = evaluation["presets"]  # the folder declares no presets of its own
+    assert paper["name"] == "sd15 style" and paper["blocks"] == ["up_blocks.1"]  # the SD 1.5 preset
+    assert paper["comparison"]["outcome"] in ("beats", "equals", "loses to")
+    assert report["block_presets"]["style"] == report["recommendation"]["style"]
     # whole blocks of one attention draw nothing new: 17 keys, 13 distinct processor sets, plus off and all
     assert report["timings"]["configurations_drawn"] <= 15 + 1
     assert result.images["none"].shape == (2, 3, 32, 32) and set(result.images) >= {"none", "all", *valid}
+
+
+def test_a_declared_preset_is_compared_too_and_probe_json_declares_the_recommendation(
+    folders, tasks, world_judge, tmp_path
+):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(folders[0], model)
+
+    def declare(presets: dict) -> None:
+        index = json.loads((model / "model_index.json").read_text())
+        (model / "model_index.json").write_text(json.dumps({**index, "_stylecraft": {"block_presets": presets}}))
+
+    def load():
+        return load_instantstyle(model, ip_adapter=folders[1], weight_name="ip-adapter.safetensors")
+
+    declare({"style": ["down_blocks.0"]})
+    report = probe(load(), tasks, world_judge, FAST).report
+    presets = report["evaluation"]["presets"]
+    assert [(p["name"], p["blocks"]) for p in presets] == [
+        ("sd15 style", ["up_blocks.1"]),
+        ("sd15 style (declared)", ["down_blocks.0"]),
+    ]
+    declare(report["block_presets"])  # what `world pretrain ship-sd --presets probe.json` writes
+    style = load()
+    assert style.block_presets["style"] == report["recommendation"]["style"]
+    assert (
+        style.block_presets["style+layout"][: len(report["recommendation"]["style"])]
+        == report["recommendation"]["style"]
+    )
 
 
 def test_the_baseline_has_no_gain_against_itself_and_draws_the_same_images_again(style, tasks, world_judge):

@@ -12,7 +12,9 @@ far each block moves the images
 From those rows it recommends a ``style`` set (attentions ranked by style gain minus leakage, added while their
 summed leakage stays within a budget: by default a third of all blocks' leakage, the issue's target) and a
 ``layout`` block (the most leakage). Per-block numbers need not add up, so the recommended set is then drawn and
-measured, next to the architecture's ``style`` preset (``BLOCK_PRESETS``), and the two are compared image by image.
+measured, next to the paper's ``style`` preset for the UNet's layout (``BLOCK_PRESETS``; and the model folder's own,
+when it declares another), and they are compared image by image. probe.json's ``block_presets`` holds the
+recommendation in the form a model folder declares (``world pretrain ship-sd --presets probe.json``).
 
 Every configuration draws the same prompts from the same seed and reuses one encoded reference embedding per task,
 so two configurations differ only in which IP-Adapter processors are on; configurations that turn on the same
@@ -27,6 +29,7 @@ as leakage.
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -306,21 +309,25 @@ def probe(style: InstantStyle, tasks: list[ProbeTask], judge: Judge, config: Pro
     evaluation = {"recommended": {"blocks": recommendation["style"], **recommended.means()}}
     evaluation["recommended"].update(effects(recommended, baseline))
     images["recommended"] = recommended.images
-    architecture = architecture_of(unet)
-    preset_keys = BLOCK_PRESETS.get(architecture, {}).get("style")
-    if preset_keys and set(preset_keys) <= set(valid):
-        preset = prober.run(preset_keys)
-        evaluation["preset"] = {"name": f"{architecture} style", "blocks": preset_keys, **preset.means()}
-        evaluation["preset"].update(effects(preset, baseline))
-        evaluation["comparison"] = compare(recommended, preset)
-        images["preset"] = preset.images
-    else:
-        evaluation["preset"] = None  # e.g. a UNet whose blocks the architecture's preset does not name
+    # The paper's preset for this layout (the issue's bar), and the model folder's own when it declares another.
+    presets = {f"{architecture_of(unet)} style": BLOCK_PRESETS.get(architecture_of(unet), {}).get("style")}
+    declared = style.block_presets.get("style")
+    if declared and declared not in presets.values():
+        presets[f"{style.architecture} style (declared)"] = declared
+    evaluation["presets"] = []
+    for name, keys in presets.items():
+        if keys and set(keys) <= set(valid):  # e.g. SDXL's preset names attentions an SD 1.5 UNet lacks
+            run = prober.run(keys)
+            comparison = compare(recommended, run)
+            evaluation["presets"].append(
+                {"name": name, "blocks": keys, **run.means(), **effects(run, baseline), "comparison": comparison}
+            )
+            images[f"preset {name}"] = run.images
 
     report = {
         "settings": {
             **style.sources,
-            "architecture": architecture,
+            "architecture": style.architecture,
             **asdict(config),
             "judge": type(judge).__name__,
             "tasks": [{"name": t.name, "prompts": t.prompts} for t in tasks],
@@ -329,6 +336,12 @@ def probe(style: InstantStyle, tasks: list[ProbeTask], judge: Judge, config: Pro
         "rows": rows,
         "recommendation": recommendation,
         "evaluation": evaluation,
+        # in the form a model folder declares (``model_declaration``; ``world pretrain ship-sd --presets``)
+        "block_presets": {
+            "style": recommendation["style"],
+            "style+layout": recommendation["style"]
+            + [k for k in recommendation["layout"] if k not in recommendation["style"]],
+        },
         "timings": {
             "configurations_drawn": len(prober.runs),
             "images_drawn": sum(len(run.images) for run in prober.runs.values()),
@@ -357,12 +370,11 @@ def format_table(report: dict) -> str:
     lines.append(f"recommended style set: {', '.join(recommendation['style'])}  ({recommendation['rule']})")
     lines.append(f"recommended layout block: {', '.join(recommendation['layout']) or '(none leaks)'}")
     lines.append(line("recommended set, drawn", evaluation["recommended"]))
-    preset = evaluation["preset"]
-    if preset is None:
-        lines.append("no preset of this architecture names blocks of this UNet: nothing to compare with")
-    else:
+    if not evaluation["presets"]:
+        lines.append("no style preset names blocks of this UNet: nothing to compare with")
+    for preset in evaluation["presets"]:
         lines.append(line(f"{preset['name']} preset, drawn", preset))
-        comparison = evaluation["comparison"]
+        comparison = preset["comparison"]
         lines.append(
             f"the recommendation {comparison['outcome']} the {preset['name']} preset ({', '.join(preset['blocks'])}): "
             f"style - leakage differs by {comparison['difference']:+.3f} per image (standard error "
@@ -384,8 +396,14 @@ def build_parser(prog: str = "stylecraft instantstyle probe") -> argparse.Argume
     parser.set_defaults(command="instantstyle-probe")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or warnings")
-    parser.add_argument("--model", required=True, help="SD 1.5 / SDXL hub id or diffusers folder (e.g. shapes-sd)")
-    parser.add_argument("--ip-adapter", default=DEFAULT_IP_ADAPTER, help="IP-Adapter repo id or folder")
+    parser.add_argument(
+        "--model", default=None, help="SD 1.5 / SDXL hub id or diffusers folder (default: the shapes world's shapes-sd)"
+    )
+    parser.add_argument(
+        "--ip-adapter",
+        default=None,
+        help=f"IP-Adapter repo id or folder (default: the model's own, else {DEFAULT_IP_ADAPTER})",
+    )
     parser.add_argument("--ip-adapter-weight", default=None, help="weights file inside --ip-adapter")
     parser.add_argument("--image-encoder", default=None, help="CLIP vision folder or subfolder (image_encoder)")
     parser.add_argument(
@@ -468,7 +486,8 @@ def run_cli(args: argparse.Namespace) -> int:
         result.report["timings"]["total_seconds"] = round(time.time() - began, 2)
         (folder / "grids").mkdir()
         for label, images in result.images.items():
-            save_png(make_grid(to_pil_images(images), columns=args.images_per_block), folder / "grids" / f"{label}.png")
+            grid = make_grid(to_pil_images(images), columns=args.images_per_block)
+            save_png(grid, folder / "grids" / f"{re.sub(r'[^A-Za-z0-9_.+-]+', '-', label).strip('-')}.png")
         write_json(folder / "probe.json", result.report)
     print(format_table(result.report))
     timings = result.report["timings"]
