@@ -289,3 +289,251 @@ def test_real_architectures_take_one_step_with_style_blocks(architecture, parame
     with torch.no_grad():
         out = unet(torch.randn(batch, 4, 32, 32), 500, encoder_hidden_states=text, added_cond_kwargs=added).sample
     assert out.shape == (batch, 4, 32, 32) and torch.isfinite(out).all()
+
+
+# ----------------------------------------------------------------------------------------------- options (issue 29)
+
+
+@pytest.fixture(scope="module")
+def other_png(tmp_path_factory):
+    path = tmp_path_factory.mktemp("other") / "other.png"
+    Image.fromarray((np.random.RandomState(1).rand(32, 32, 3) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "architecture, layout",
+    [("tiny-sdxl", ["down_blocks.2.attentions.1"]), ("tiny-sd15", ["down_blocks.2", "mid_block"])],
+)
+def test_precise_gives_the_layout_blocks_swapped_image_tokens(request, style_png, architecture, layout):
+    style = request.getfixturevalue("sdxl" if architecture == "tiny-sdxl" else "sd15")
+    processors = ip_adapter_processors(style.pipe.unet)
+    plain = style("a red fox", style_png, steps=2, num_images=2, seed=1)
+    seen = {}  # processor name -> image tokens its to_k_ip got at the first step: [2·images, ...]
+    hooks = [
+        processor.to_k_ip[0].register_forward_pre_hook(lambda _, args, name=name: seen.setdefault(name, args[0]))
+        for name, processor in processors.items()
+    ]
+    try:
+        precise = style("a red fox", style_png, steps=2, num_images=2, seed=1, precise=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+    def under(keys: list[str]) -> set[str]:
+        return {name for name in processors if name.startswith(tuple(f"{key}." for key in keys))}
+
+    assert set(seen) == under(layout) | under(style.block_presets["style"]) and under(layout)
+    as_given = seen[min(under(style.block_presets["style"]))]  # [unconditional; conditional], diffusers' order
+    swapped = torch.cat(as_given.chunk(2)[::-1])
+    assert not torch.equal(as_given, swapped)
+    for name in under(layout):
+        torch.testing.assert_close(seen[name], swapped, rtol=0, atol=0)
+    assert precise.settings["precise"] and precise.settings["layout_keys"] == layout
+    assert not plain.settings["precise"] and plain.settings["layout_keys"] is None
+    assert not np.array_equal(_arrays(plain.images), _arrays(precise.images))
+    # the UNet's own processors are back: a plain call after a precise one equals the plain call before it
+    assert ip_adapter_processors(style.pipe.unet) == processors
+    again = style("a red fox", style_png, steps=2, num_images=2, seed=1)
+    np.testing.assert_array_equal(_arrays(plain.images), _arrays(again.images))
+
+
+def test_precise_needs_guidance_and_layout_blocks_of_its_own(sdxl, style_png):
+    with pytest.raises(StylecraftError, match="--precise .* needs classifier-free guidance; use --guidance above 1"):
+        sdxl("a cat", style_png, precise=True, guidance=1.0, steps=1)
+    with pytest.raises(StylecraftError, match="--precise takes the layout block.* down_blocks.2.attentions.1 as neg"):
+        sdxl("a cat", style_png, precise=True, blocks="style+layout", steps=1)
+    # the processors stay diffusers' own after a refused call
+    assert all(type(p).__name__ == "IPAdapterAttnProcessor2_0" for p in ip_adapter_processors(sdxl.pipe.unet).values())
+
+
+def test_several_style_images_feed_their_weighted_mean(sdxl, style_png, other_png):
+    pipe = sdxl.pipe
+    with torch.no_grad():
+        embeds = [
+            pipe.image_encoder(
+                pipe.feature_extractor(Image.open(p).convert("RGB"), return_tensors="pt").pixel_values
+            ).image_embeds[0]  # [D]
+            for p in (style_png, other_png)
+        ]
+    received = {}
+    for name, images, weights in (
+        ("one", style_png, None),
+        ("twice", [style_png, style_png], None),
+        ("first only", [style_png, other_png], [1, 0]),
+        ("3:1", [style_png, other_png], [3, 1]),
+    ):
+        received[name], output = _image_proj_inputs(
+            sdxl, lambda i=images, w=weights: sdxl("a cat", i, style_weights=w, steps=1)
+        )
+        torch.testing.assert_close(received[name][0], torch.zeros_like(received[name][0]), rtol=0, atol=0)
+        torch.testing.assert_close(output.image_embeds[0], received[name][1], rtol=0, atol=0)  # what is saved
+    torch.testing.assert_close(received["one"][1], embeds[0], rtol=0, atol=0)
+    torch.testing.assert_close(received["twice"], received["one"], rtol=0, atol=0)
+    torch.testing.assert_close(received["first only"], received["one"], rtol=0, atol=0)
+    torch.testing.assert_close(received["3:1"][1], 0.75 * embeds[0] + 0.25 * embeds[1])
+    assert output.settings["style_weights"] == [3, 1]
+    for weights, message in (
+        ([1, -1], "non-negative and not all zero"),
+        ([0, 0], "non-negative and not all zero"),
+        ([1], r"got 2 style image\(s\) and 1 weight\(s\)"),
+    ):
+        with pytest.raises(StylecraftError, match=message):
+            sdxl("a cat", [style_png, other_png], style_weights=weights, steps=1)
+    with pytest.raises(StylecraftError, match="--style-weights weighs style images"):
+        sdxl("a cat", style_embeds=embeds[0], style_weights=[1.0], steps=1)
+
+
+def test_plus_adapter_averages_patch_tokens(saved, style_png, other_png):
+    model, ip_adapter = saved["tiny-sdxl"]
+    style = load_instantstyle(model, ip_adapter=ip_adapter, weight_name="ip-adapter-plus.safetensors")
+    tokens = [style.encode_style(path)[0] for path in (style_png, other_png)]  # [1, T, W] each
+    received, _ = _image_proj_inputs(
+        style, lambda: style("a cat", [style_png, other_png], style_weights=[1, 3], steps=1)
+    )
+    torch.testing.assert_close(received[1], (0.25 * tokens[0] + 0.75 * tokens[1])[0])
+
+
+def test_clear_errors_for_components_that_do_not_fit(saved, sdxl, style_png, tmp_path):
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    for key, kind in (("down_blocks.0", "DownBlock2D"), ("up_blocks.2", "UpBlock2D")):
+        with pytest.raises(
+            StylecraftError,
+            match=rf"block {key} \({kind}\) has no cross-attention, .*blocks that have: .*up_blocks\.0\.attentions\.1",
+        ):
+            sdxl("a cat", style_png, blocks=key)
+    # An image encoder of another width: 24-dim embeddings (basic adapter) or 24-wide patch tokens (Plus).
+    tower = dict(intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
+    for name, hidden, projection, weights in (
+        ("pooled", 16, 24, "ip-adapter.safetensors"),
+        ("tokens", 24, 16, "ip-adapter-plus.safetensors"),
+    ):
+        config = CLIPVisionConfig(hidden_size=hidden, projection_dim=projection, **tower)
+        CLIPVisionModelWithProjection(config).save_pretrained(tmp_path / name)
+        with pytest.raises(
+            StylecraftError,
+            match=r"image encoder gives 24-dim image embeddings but the IP-Adapter's image projection takes 16; "
+            r"pass the adapter's own image encoder \(--image-encoder\)",
+        ):
+            load_instantstyle(
+                saved["tiny-sdxl"][0],
+                ip_adapter=saved["tiny-sdxl"][1],
+                weight_name=weights,
+                image_encoder=tmp_path / name,
+            )
+    # SDXL's ControlNet on the SD 1.5 model
+    with pytest.raises(
+        StylecraftError,
+        match=r"ControlNet .*cn was made for another base model: its cross_attention_dim is 32, the UNet's is 16; "
+        r"pass a ControlNet trained on this model \(--controlnet\)",
+    ):
+        _load(saved, "tiny-sd15", controlnet=saved["controlnet"])
+    index = tmp_path / "bad" / "model_index.json"
+    index.parent.mkdir()
+    index.write_text(json.dumps({"_class_name": "StableDiffusionPipeline", "_stylecraft": {"block_presets": "x"}}))
+    with pytest.raises(StylecraftError, match=r"\"block_presets\" maps preset names to lists of block keys"):
+        load_instantstyle(index.parent)
+
+
+@pytest.fixture(scope="module")
+def declared(saved, clip_tokenizer, tmp_path_factory):
+    """The tiny SD 1.5 folder with its IP-Adapter, ControlNet and content text tower inside, declared in
+    model_index.json's "_stylecraft" entry (as shapes-sd ships)."""
+    import shutil
+
+    from diffusers import ControlNetModel, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    folder = tmp_path_factory.mktemp("declared") / "tiny-declared"
+    shutil.copytree(saved["tiny-sd15"][0], folder)
+    shutil.copytree(saved["tiny-sd15"][1], folder / "ip-adapter")
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16)).save_pretrained(folder / "controlnet")
+    ids = {name: getattr(clip_tokenizer, name) for name in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    text = CLIPTextConfig(
+        vocab_size=1000, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        projection_dim=16, **ids,
+    )  # fmt: skip
+    CLIPTextModelWithProjection(text).save_pretrained(folder / "content-text")
+    clip_tokenizer.save_pretrained(folder / "content-text")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["_stylecraft"] = {
+        "architecture": "tiny-declared",
+        "block_presets": {"style": ["up_blocks.2"], "style+layout": ["down_blocks.1", "up_blocks.2"]},
+        "ip_adapter": ".",
+        "ip_adapter_weight": "ip-adapter/ip-adapter.safetensors",
+        "controlnet": "controlnet",
+        "content_text_encoder": "content-text",
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder
+
+
+def test_a_model_folder_declares_its_presets_adapter_controlnet_and_text_tower(declared, saved, style_png, monkeypatch):
+    from diffusers import DiffusionPipeline
+
+    import stylecraft.instantstyle as instantstyle
+
+    # diffusers ignores index keys that start with "_": the folder stays a plain StableDiffusionPipeline
+    pipe = DiffusionPipeline.from_pretrained(declared, local_files_only=True)
+    assert type(pipe).__name__ == "StableDiffusionPipeline" and "_stylecraft" not in pipe.components
+
+    style = load_instantstyle(declared, controlnet="default")
+    assert style.sources["ip_adapter"] == str(declared)
+    assert style.sources["ip_adapter_weight"] == "ip-adapter/ip-adapter.safetensors"
+    assert style.sources["controlnet"] == str(declared / "controlnet")
+    assert style.sources["content_text_encoder"] == str(declared / "content-text")
+    assert style.architecture == "tiny-declared"
+    output = style(
+        "a cat", style_png, content_image=style_png, content_prompt="a dog", precise=True, steps=1, guidance=3.0
+    )
+    settings = output.settings
+    assert settings["architecture"] == "tiny-declared" and settings["block_keys"] == ["up_blocks.2"]
+    assert settings["layout_keys"] == ["down_blocks.1"] and settings["subtract"] == 0.8  # the declared text tower
+
+    # explicit arguments win; --model omitted means the shipped shapes-sd folder
+    model, ip_adapter = saved["tiny-sd15"]
+    explicit = load_instantstyle(declared, ip_adapter=ip_adapter, weight_name="ip-adapter.safetensors")
+    assert explicit.sources["ip_adapter"] == str(ip_adapter) and explicit("a cat", style_png, blocks="style", steps=1)
+    monkeypatch.setattr(instantstyle, "DEFAULT_MODEL", declared)
+    assert load_instantstyle().sources["model"] == str(declared)
+    monkeypatch.setattr(instantstyle, "DEFAULT_MODEL", declared.parent / "shapes-sd")
+    with pytest.raises(
+        StylecraftError, match=r"built-in shapes-sd model is not installed \(.*shapes-sd is missing\); pass --model"
+    ):
+        load_instantstyle()
+
+
+def test_cli_several_style_images_weights_and_precise(saved, sdxl, style_png, other_png, tmp_path, capsys, monkeypatch):
+    from safetensors.torch import load_file
+
+    import stylecraft.instantstyle as instantstyle
+    from stylecraft.cli import main
+
+    model, ip_adapter = saved["tiny-sdxl"]
+    common = ["instantstyle", "--ip-adapter", str(ip_adapter), "--ip-adapter-weight", "ip-adapter.safetensors"]
+    common += ["--prompt", "a red fox", "--steps", "1", "--num-images", "1"]
+    images = ["--style-image", str(style_png), str(other_png)]
+    out = tmp_path / "a"
+    assert (
+        main([*common, "--model", str(model), *images, "--style-weights", "1", "0", "--precise", "--out", str(out)])
+        == 0
+    )
+    run = json.loads((out / "run.json").read_text())
+    assert run["style_image"] == [str(style_png), str(other_png)] and run["style_weights"] == [1.0, 0.0]
+    assert run["precise"] and run["layout_keys"] == ["down_blocks.2.attentions.1"]
+    saved_embeds = load_file(out / "inputs" / "style_embeds.safetensors")["image_embeds"]
+    torch.testing.assert_close(saved_embeds, sdxl.encode_style(style_png)[0])  # the weighted mean: the first image
+
+    capsys.readouterr()
+    assert main([*common, "--model", str(model), *images, "--style-weights", "1", "--out", str(tmp_path / "b")]) == 2
+    assert capsys.readouterr().err == (
+        "error: got 2 style image(s) and 1 weight(s); give one weight per image (--style-weights W [W ...]) or none "
+        "for equal weights\n"
+    )
+    monkeypatch.setattr(instantstyle, "DEFAULT_MODEL", tmp_path / "shapes-sd")
+    assert main([*common, *images, "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the built-in shapes-sd model is not installed") and err.count("\n") == 1
+    assert not (tmp_path / "d").exists()
