@@ -474,6 +474,7 @@ def test_a_model_folder_declares_its_presets_adapter_controlnet_and_text_tower(d
     from diffusers import DiffusionPipeline
 
     import stylecraft.instantstyle as instantstyle
+    from stylecraft.world import WEIGHTS
 
     # diffusers ignores index keys that start with "_": the folder stays a plain StableDiffusionPipeline
     pipe = DiffusionPipeline.from_pretrained(declared, local_files_only=True)
@@ -496,6 +497,7 @@ def test_a_model_folder_declares_its_presets_adapter_controlnet_and_text_tower(d
     model, ip_adapter = saved["tiny-sd15"]
     explicit = load_instantstyle(declared, ip_adapter=ip_adapter, weight_name="ip-adapter.safetensors")
     assert explicit.sources["ip_adapter"] == str(ip_adapter) and explicit("a cat", style_png, blocks="style", steps=1)
+    assert instantstyle.DEFAULT_MODEL == WEIGHTS / "shapes-sd"
     monkeypatch.setattr(instantstyle, "DEFAULT_MODEL", declared)
     assert load_instantstyle().sources["model"] == str(declared)
     monkeypatch.setattr(instantstyle, "DEFAULT_MODEL", declared.parent / "shapes-sd")

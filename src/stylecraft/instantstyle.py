@@ -43,7 +43,6 @@ from PIL import Image
 
 from .errors import StylecraftError
 from .io import load_image, make_grid, output_dir, save_png, write_json
-from .world import WEIGHTS
 
 # Named block sets per architecture (InstantStyle paper and official repo). "all" = every IP-Adapter processor.
 BLOCK_PRESETS: dict[str, dict[str, list[str]]] = {
@@ -57,7 +56,9 @@ BLOCK_PRESETS: dict[str, dict[str, list[str]]] = {
         "style+layout": ["down_blocks.2", "mid_block", "up_blocks.1"],
     },
 }
-DEFAULT_MODEL = WEIGHTS / "shapes-sd"  # the shapes world's SD 1.5-layout model, its IP-Adapter and ControlNet inside
+# The shapes world's SD 1.5-layout model (its IP-Adapter, ControlNet and text tower inside, declared in its
+# model_index.json): stylecraft.world.WEIGHTS / "shapes-sd", spelled out so this module does not import the world.
+DEFAULT_MODEL = Path(__file__).parent / "world" / "weights" / "shapes-sd"
 DEFAULT_IP_ADAPTER = "h94/IP-Adapter"
 DEFAULT_WEIGHT_NAME = {"sdxl": "sdxl_models/ip-adapter_sdxl.safetensors", "sd15": "models/ip-adapter_sd15.safetensors"}
 DEFAULT_CONTROLNET = {"sdxl": "diffusers/controlnet-canny-sdxl-1.0", "sd15": "lllyasviel/sd-controlnet-canny"}
@@ -164,7 +165,7 @@ class ReferenceAsNegative(torch.nn.Module):
         super().__init__()
         self.processor = processor
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, **kwargs):
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, **kwargs):  # attention_mask etc. in kwargs
         text, image_tokens = encoder_hidden_states  # image tokens: one [2·n, ...] tensor per adapter
         swapped = [torch.cat(tokens.chunk(2)[::-1]) for tokens in image_tokens]
         return self.processor(attn, hidden_states, (text, swapped), **kwargs)
@@ -405,7 +406,7 @@ class InstantStyle:
         if precise:
             if not do_cfg:
                 raise StylecraftError(
-                    f"--precise gives the layout blocks the reference as the negative, which needs classifier-free "
+                    "--precise gives the layout blocks the reference as the negative, which needs classifier-free "
                     f"guidance; use --guidance above 1 (got {guidance})"
                 )
             if not layout_keys(self.block_presets):
@@ -655,8 +656,9 @@ def load_instantstyle(
 
     if controlnet is not None:
         if controlnet == "default":
-            declared_net = declared.get("controlnet")
-            controlnet = str(folder / declared_net) if declared_net else DEFAULT_CONTROLNET[architecture]
+            controlnet = (
+                folder / declared["controlnet"] if "controlnet" in declared else DEFAULT_CONTROLNET[architecture]
+            )
         controlnet = str(controlnet)
         net = _pretrained(ControlNetModel, controlnet, "ControlNet", "--controlnet", dtype=dtype)
         for name in ("in_channels", "cross_attention_dim", "block_out_channels", "addition_embed_type"):
