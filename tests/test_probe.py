@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import test_world_sd
 import torch
 
 from stylecraft.errors import StylecraftError
@@ -27,6 +28,7 @@ from stylecraft.probe import (
 from stylecraft.random_sd import build_tiny_pipeline, save_tiny_ip_adapter
 
 FAST = ProbeConfig(images_per_block=2, steps=2)
+shapes_sd = test_world_sd.shapes_sd  # its module fixture: a tiny shapes-sd trained 3 steps a stage
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -224,3 +226,23 @@ def test_cli_errors_are_one_line_before_any_work(folders, tmp_path, extra, messa
     with pytest.raises(StylecraftError, match=message) as error:
         run_cli(_args(folders, tmp_path / "out", *extra))
     assert "\n" not in str(error.value) and not (tmp_path / "out").exists()
+
+
+def test_cli_on_a_trained_tiny_shapes_sd_and_its_ip_adapter(shapes_sd, tmp_path):
+    """The world path end to end: test_world_sd's tiny shapes-sd (3 steps a stage) and an IP-Adapter trained on it."""
+    from stylecraft.world.train_sd_adapters import IP_ADAPTER_WEIGHTS, train_ip_adapter
+
+    sd, ip = shapes_sd / "unet" / "shapes-sd", tmp_path / "ip"
+    ip.mkdir()
+    recipe = test_world_sd.tiny("ip-adapter", steps=3, lr=1e-2, extra={"eval": {"images": 2, "steps": 2}})
+    train_ip_adapter(recipe, ip, False, sd, None, test_world_sd.NO_ORACLES)
+    weight = ["--ip-adapter-weight", f"ip-adapter/{IP_ADAPTER_WEIGHTS}"]  # after _args's: the last one counts
+    assert run_cli(_args((sd, ip), tmp_path / "probe", *weight, "--families", "2")) == 0
+    report = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    blocks = [f"down_blocks.{i}" for i in range(3)] + ["mid_block"] + [f"up_blocks.{i}" for i in range(3)]
+    attentions = [f"{b}.attentions.{k}" for b in blocks for k in range(1 if b.startswith(("down", "mid")) else 2)]
+    assert [row["block"] for row in report["rows"]] == sorted(blocks + attentions)  # three levels, 17 keys
+    assert report["evaluation"]["presets"][0]["blocks"] == ["up_blocks.1"]
+    # 2 families x 2 images for each distinct configuration; 64 px images in the grids
+    assert report["timings"]["images_drawn"] == 4 * report["timings"]["configurations_drawn"]
+    assert [task["name"] for task in report["settings"]["tasks"]] == ["dotted fill", "dashed outline"]

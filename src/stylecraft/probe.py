@@ -154,7 +154,7 @@ class ProbeConfig:
     images_per_block: int = 8  # images per task and configuration, drawn in one pipeline call
     steps: int = 20  # denoising steps
     guidance: float = 3.0  # classifier-free guidance scale (shapes-sd's evaluation uses 3)
-    seed: int = 0  # seed of torch.Generator("cpu"), the same for every configuration: paired images
+    seed: int = 0  # task i draws from torch.Generator("cpu") seeded seed + i in every configuration: paired images
     scale: float = 1.0  # IP-Adapter scale in the blocks that are on
     max_leakage: float | None = None  # the style set's summed per-block leakage; None: a third of all blocks'
 
@@ -196,13 +196,13 @@ class Prober:
             return self.runs[active]
         began = time.time()
         images, scores = [], {"style": [], "content": [], "leak": []}
-        for task, embeds in zip(self.tasks, self.embeds, strict=True):
+        for index, (task, embeds) in enumerate(zip(self.tasks, self.embeds, strict=True)):
             drawn = self.style.pipe(
                 prompt=task.prompts,
                 ip_adapter_image_embeds=[embeds],
                 num_inference_steps=self.config.steps,
                 guidance_scale=self.config.guidance,
-                generator=torch.Generator("cpu").manual_seed(self.config.seed),
+                generator=torch.Generator("cpu").manual_seed(self.config.seed + index),  # each task its own noise
                 output_type="pt",
             ).images.float()  # [len(prompts), 3, H, W] in [0, 1]
             images.append(drawn.cpu())
