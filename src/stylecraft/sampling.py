@@ -33,7 +33,8 @@ class SamplingConfig:
     lambda_b: float | None = None  # StyleDrop Eq. 4 text guidance λB; None -> guidance_scale - 1
     temperature: list[float] = field(default_factory=lambda: [2.0, 0.0])  # [start, end] of Gumbel temperature
     negative_prompt: str = ""  # the "n" of Eq. 1 / Eq. 4
-    gamma: float = 0.5  # Eq. 5-6 weight of the content adapter
+    gamma: float = 0.5  # Eq. 5-6 weight of the content adapter (at the first step, with gamma_end)
+    gamma_end: float | None = None  # Eq. 5-6 γ at the last step, linear in between (None: γ at every step)
     aesthetic_score: float = 6.0  # aMUSEd micro-conditioning
     crop: list[int] = field(default_factory=lambda: [0, 0])  # aMUSEd micro-conditioning crop coordinates
 
@@ -43,8 +44,9 @@ class SamplingConfig:
         if self.lambda_b is not None:
             self.guidance_scale = 1.0 + self.lambda_b
         self.lambda_b = self.guidance_scale - 1.0
-        if not 0.0 <= self.gamma <= 1.0:
-            raise StylecraftError(f"--gamma must be in [0, 1], got {self.gamma}")
+        for flag, value in (("--gamma", self.gamma), ("--gamma-end", self.gamma_end)):
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise StylecraftError(f"{flag} must be in [0, 1], got {value}")
         if len(self.temperature) not in (1, 2):
             raise StylecraftError("--temperature takes a start value and optionally an end value")
 
@@ -84,7 +86,8 @@ def sample_tokens(
     n = num_images_per_prompt
     batch = len(prompts) * n
     negatives = [config.negative_prompt] * len(prompts)
-    g, lambda_a, lambda_b, gamma = config.guidance_scale, config.lambda_a or 0.0, config.lambda_b, config.gamma
+    g, lambda_a, lambda_b = config.guidance_scale, config.lambda_a or 0.0, config.lambda_b
+    gamma_end = config.gamma if config.gamma_end is None else config.gamma_end
 
     # Each guidance term is a group of `batch` rows: (prompts, adapter) per group, concatenated into one forward.
     if two_adapters:
@@ -118,7 +121,7 @@ def sample_tokens(
     muse.scheduler.set_timesteps(config.steps, temperature, muse.device)
     use_routing = model is not None and any(r is not None for r in rows)
     disable = not progress or os.environ.get("STYLECRAFT_QUIET") == "1"
-    for timestep in tqdm(muse.scheduler.timesteps, desc="sampling", disable=disable, leave=False):
+    for step, timestep in enumerate(tqdm(muse.scheduler.timesteps, desc="sampling", disable=disable, leave=False)):
         model_input = torch.cat([latents] * len(groups))
         if use_routing:
             with model.route(rows):
@@ -131,6 +134,9 @@ def sample_tokens(
             style_t, style_n, content_c, content_n = parts
             style = style_n + g * (style_t - style_n)  # Muse CFG (Eq. 1) of the style adapter on t
             content = content_n + g * (content_c - content_n)  # ... and of the content adapter on c
+            # γ at this step: constant (the paper), or from γ to gamma_end, so the content adapter can lead the
+            # early steps, where Muse commits the tokens that set the layout, and the style the later ones
+            gamma = config.gamma + (gamma_end - config.gamma) * step / max(config.steps - 1, 1)
             logits = (1 - gamma) * style + gamma * content  # StyleDrop Eq. 5-6
         elif adapter is not None:
             adapted, base, negative = parts

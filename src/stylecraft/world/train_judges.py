@@ -76,7 +76,9 @@ def _soften(x: torch.Tensor, probability: float) -> torch.Tensor:
 def train_glyph_oracle(recipe: Recipe, out: Path, resume: bool) -> None:
     """A glyph-or-not detector: half of each batch glyphs; the other half the eight shapes, shapeless blobs
     (``renderer.render_blobs``) for a share ``extra.blob_fraction`` of it, and loose strokes
-    (``renderer.render_strokes``) for a share ``extra.stroke_fraction``; all styles, colours and sizes."""
+    (``renderer.render_strokes``) for a share ``extra.stroke_fraction``; all colours and sizes, and all styles, or
+    with ``extra.styles`` "seen" only ``renderer.SEEN_STYLES``: a detector that never saw the held-out styles, to
+    judge the glyph drawn in them (issue #30)."""
     from safetensors.torch import save_file
 
     from .oracles import GlyphOracle, load_glyph_oracle
@@ -90,19 +92,22 @@ def train_glyph_oracle(recipe: Recipe, out: Path, resume: bool) -> None:
             f"extra.blob_fraction + extra.stroke_fraction must be at most 1 (shares of the negatives), got "
             f"{sum(fractions.values())}"
         )
+    if recipe.extra.get("styles", "all") not in ("all", "seen"):
+        raise StylecraftError(f"extra.styles must be 'all' or 'seen', got {recipe.extra['styles']!r}")
+    styles = renderer.SEEN_STYLES if recipe.extra.get("styles") == "seen" else None  # None: every style
     torch.manual_seed(recipe.seed)
     model = GlyphOracle(**recipe.model)
     half = recipe.batch_size // 2
 
     def step_fn(step):
-        glyphs, _ = renderer.render_glyphs(half, seed=[recipe.seed, step, 1])
+        glyphs, _ = renderer.render_glyphs(half, seed=[recipe.seed, step, 1], styles=styles)
         blobs, strokes = (round(half * fractions[key]) for key in ("blob_fraction", "stroke_fraction"))
-        shapes, _ = renderer.render_batch(half - blobs - strokes, seed=[recipe.seed, step, 0])
+        shapes, _ = renderer.render_batch(half - blobs - strokes, seed=[recipe.seed, step, 0], styles=styles)
         negatives = [shapes]
         if blobs:
-            negatives.append(renderer.render_blobs(blobs, seed=[recipe.seed, step, 2]))
+            negatives.append(renderer.render_blobs(blobs, seed=[recipe.seed, step, 2], styles=styles))
         if strokes:
-            negatives.append(renderer.render_strokes(strokes, seed=[recipe.seed, step, 3]))
+            negatives.append(renderer.render_strokes(strokes, seed=[recipe.seed, step, 3], styles=styles))
         x = _soften(to_tensor(np.concatenate([glyphs, *negatives])), recipe.extra.get("blur_prob", 0.25))
         target = torch.cat([torch.ones(half), torch.zeros(half)])
         loss = F.binary_cross_entropy_with_logits(model(x), target)
