@@ -169,6 +169,11 @@ def test_recommend_ranks_by_style_minus_leakage_within_a_third_of_all_blocks_lea
     assert recommendation["style"] == ["up_blocks.0"] and recommendation["max_leakage"] == 0.2
     assert recommendation["layout"] == ["down_blocks.2.attentions.1"]
     assert recommend(rows, everything, valid, 0.01)["style"] == ["up_blocks.0.attentions.0"]  # 0.05 leaks too much
+    # a block that only un-leaks ranks first but adds no style: skipped, not the end of the search
+    unleaking = {"block": "down_blocks.2.attentions.0", "style_gain": 0.0, "leakage": -0.6, "content_loss": 0.0}
+    assert recommend([unleaking, *rows[2:]], everything, valid, None)["style"] == ["up_blocks.0"]
+    nothing = [{**row, "style_gain": 0.0} for row in rows]
+    assert recommend(nothing, everything, valid, None)["rule"] == "none gains style: the best-ranked attention"
     assert whole_blocks(["up_blocks.0.attentions.1"], valid) == ["up_blocks.0.attentions.1"]
     assert [verdict(row, everything) for row in rows[1:]] == ["-", "layout", "style", "-", "style"]
     both = {"style_gain": 0.5, "leakage": 0.5, "content_loss": 0.0}

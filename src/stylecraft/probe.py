@@ -253,14 +253,17 @@ def recommend(rows: list[dict], everything: dict[str, float], valid: list[str], 
     )
     chosen, leaked, gained = [], 0.0, 0.0
     for row in ranked:
-        if row["style_gain"] <= 0 or row["style_gain"] - row["leakage"] <= 0 or gained >= everything["style_gain"]:
-            break
-        if leaked + max(row["leakage"], 0.0) <= budget:
+        if row["style_gain"] - row["leakage"] <= 0 or (chosen and gained >= everything["style_gain"]):
+            break  # the rest cost more than they give, or the set already gains as much style as all blocks
+        if row["style_gain"] > 0 and leaked + max(row["leakage"], 0.0) <= budget:
             chosen.append(row["block"])
             leaked, gained = leaked + max(row["leakage"], 0.0), gained + row["style_gain"]
     rule = f"attentions by style gain - leakage, summed leakage <= {budget:.4f}"
-    if not chosen:  # nothing fits: the best-ranked attention, so that there is a set to draw and compare
-        chosen, rule = [ranked[0]["block"]], f"no attention within leakage {budget:.4f}: the best-ranked one"
+    if not chosen:  # the best-ranked attention all the same, so that there is a set to draw and compare
+        why = (
+            f"none within leakage {budget:.4f}" if any(row["style_gain"] > 0 for row in ranked) else "none gains style"
+        )
+        chosen, rule = [ranked[0]["block"]], f"{why}: the best-ranked attention"
     layout = max(ranked, key=lambda row: row["leakage"])
     return {
         "style": whole_blocks(chosen, valid),
