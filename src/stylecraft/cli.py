@@ -211,7 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", default=None, help="CLIPModel hub id or folder (default: the shapes world's mini CLIP)")
     p.add_argument("--device", default="cpu", help="torch device")
 
-    p = commands.add_parser("instantstyle", help="tuning-free style transfer on SD 1.5 / SDXL with IP-Adapter")
+    p = commands.add_parser(
+        "instantstyle",
+        help="tuning-free style transfer on SD 1.5 / SDXL with IP-Adapter (instantstyle probe: which blocks)",
+    )
     _configure_instantstyle(p)
 
     p = commands.add_parser("demo", help="the main job on the embedded default: train, sample, report")
@@ -300,6 +303,7 @@ RUNNERS = {
     "score": "stylecraft.scoring:run_cli",
     "feedback": "stylecraft.feedback:run_cli",
     "instantstyle": "stylecraft.instantstyle:run_cli",
+    "instantstyle-probe": "stylecraft.probe:run_cli",
     "demo": "stylecraft.demo:run_cli",
     "eval": "stylecraft.evaluation:run_cli",
     "eval-feedback": "stylecraft.evaluation:run_feedback_cli",
@@ -326,6 +330,9 @@ def run_env(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    at = next((i for i, arg in enumerate(argv) if not arg.startswith("-")), len(argv))  # the command, after --debug
+    if argv[at : at + 2] == ["instantstyle", "probe"]:  # a parser of its own: instantstyle's required flags differ
+        parser, argv = importlib.import_module("stylecraft.probe").build_parser(), argv[:at] + argv[at + 2 :]
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weights" bars for local files
     logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.ERROR if args.quiet else logging.WARNING)
