@@ -160,7 +160,12 @@ def drop_captions(captions: list[str], drop: torch.Tensor) -> list[str]:
 def train_sd_vae(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None:
     """Reconstruction (squared + absolute error) plus SD's small KL term, on renders of every style."""
     torch.manual_seed(recipe.seed)
-    vae = build_vae(recipe.model)
+    if recipe.extra.get("init"):  # a later stage: continue the VAE of an earlier run
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(Path(recipe.extra["init"]) / "vae", local_files_only=True)
+    else:
+        vae = build_vae(recipe.model)
     kl_weight = recipe.extra.get("kl_weight", 1e-6)
 
     def step_fn(step):
