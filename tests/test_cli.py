@@ -123,6 +123,8 @@ def test_two_adapter_sampling_cli(tiny_muse_dir, style_png, tmp_path):
                 str(tmp_path / "style"),
                 "--content-adapter",
                 str(tmp_path / "content"),
+                "--compose",
+                "mix",
                 "--gamma",
                 "0.6",
                 "--steps",

@@ -81,3 +81,25 @@ def test_gamma_schedule(muse):
     assert not torch.equal(scheduled, content_only) and not torch.equal(scheduled, style_only)
     with pytest.raises(StylecraftError, match="--gamma-end"):
         SamplingConfig(gamma_end=1.5)
+
+
+def test_sample_command_stacks_two_adapters_by_default(muse, tiny_muse_dir, tmp_path):
+    import json
+
+    from stylecraft.cli import main
+
+    model = _adapters(muse)
+    model.add_adapter("lora", model.new_config("lora", rank=2))
+    for name in ("style", "content", "lora"):
+        model.save_adapter(name, tmp_path / name)
+    argv = ["--quiet", "sample", "--model", str(tiny_muse_dir), "--prompt", "a cat in ink style", "--steps", "2"]
+    argv += ["--style-adapter", str(tmp_path / "style"), "--num-images", "1"]
+    assert main([*argv, "--content-adapter", str(tmp_path / "content"), "--out", str(tmp_path / "out")]) == 0
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["compose"] == "stack" and run["content_prompts"] is None  # one forward on the whole prompt
+    assert run["sampling"]["lambda_a"] == 0.0  # StyleDrop guidance (Eq. 4) at the model's λA (aMUSEd's: 0)
+    # a LoRA cannot be stacked with the paper's adapter this way: one error line that names the other route
+    assert main([*argv, "--content-adapter", str(tmp_path / "lora"), "--out", str(tmp_path / "lora-out")]) == 2
+    argv += ["--content-adapter", str(tmp_path / "lora"), "--compose", "mix", "--out", str(tmp_path / "mix")]
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "mix" / "run.json").read_text())["content_prompts"] == ["a cat"]

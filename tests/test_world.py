@@ -356,15 +356,22 @@ def test_eval_two_adapters_command_writes_its_report(tmp_path):
     assert main(["eval-two-adapters", "--gamma", "1.5", "--out", str(out)]) == 2
     assert main(["eval-two-adapters", "--style", "sepia", "--out", str(out)]) == 2
     assert not out.exists()
+    # the content adapter may not learn from renders in a style it is judged in
+    argv = ["eval-two-adapters", "--style", "pixel art", "--content-style", "pixel art", "--out", str(out)]
+    assert main(argv) == 2 and not out.exists()
     argv = ["eval-two-adapters", "--steps", "2", "--num-images", "2", "--gamma", "0.5", "--out", str(out)]
+    argv += ["--style", "neon glow", "--content-style", "flat color"]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
-    assert list(results["rows"]) == [
+    rows = results["per_style"]["neon glow"]["rows"]
+    assert list(rows) == [
         "content adapter only (Eq. 4)",
         "style adapter only (Eq. 4)",
         "both, γ = 0.5 (Eq. 5-6)",
+        "both, γ 1 → 0 over the steps (Eq. 5-6)",
+        "both, stacked in one forward",
     ]
-    assert all(row["num_images"] == 2 for row in results["rows"].values())
+    assert all(row["num_images"] == 2 for row in rows.values())
     assert (out / "grid.png").is_file() and "both correct" in (out / "table.md").read_text()
     assert (out / "content" / "adapter_model.safetensors").is_file()
 

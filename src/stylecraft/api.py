@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from .adapters import AdaptedTransformer
+from .compose import COMPOSE_ROUTES, stack_adapters
 from .errors import StylecraftError
 from .io import load_image, make_grid, output_dir, save_png, to_pil_images, write_json
 from .muse import AMUSED_SAMPLING, MuseModel, load_muse
@@ -89,6 +90,7 @@ def sample(
     style_adapter: str | Path | None = None,
     content_adapter: str | Path | None = None,
     style_descriptor: str | None = None,
+    compose: str = "stack",
     config: SamplingConfig | None = None,
     num_images: int = 1,
     seed: int = 0,
@@ -100,14 +102,17 @@ def sample(
 
     ``adapter``: StyleDrop guidance (Eq. 4); a full fine-tune instead loads its weights into ``muse`` itself (it
     has no base left to guide against), so later calls on the same ``muse`` sample the fine-tune: load a fresh base
-    for them. ``style_adapter`` + ``content_adapter``: Eq. 5-6 mixing, where the content adapter sees the prompt
-    without ``style_descriptor``. Images come in AmusedPipeline's order
+    for them. ``style_adapter`` + ``content_adapter``: ``compose`` "stack" puts both in one forward on the prompt
+    (``compose.stack_adapters``; StyleDrop guidance, Eq. 4, against the base), "mix" mixes them by Eq. 5-6, where the
+    content adapter sees the prompt without ``style_descriptor``. Images come in AmusedPipeline's order
     (prompts repeated), and ``seed`` seeds one ``torch.Generator('cpu')`` for the whole call.
     """
     config = config or SamplingConfig(guidance_scale=muse.sampling_defaults["guidance_scale"])
     check_fields(vars(config), SAMPLING_CONFIG)  # finite guidance and temperatures: NaN would draw noise
     FLAGS["num_images"]("num_images", num_images)  # capped: all images are decoded as one batch
     FLAGS["seed"]("seed", seed)
+    if compose not in COMPOSE_ROUTES:
+        raise StylecraftError(f"unknown --compose {compose!r}; use one of {', '.join(COMPOSE_ROUTES)}")
     model = None
     names: dict = {}
     if adapter is not None or style_adapter is not None or content_adapter is not None:
@@ -121,10 +126,12 @@ def sample(
                 names[role] = model.load_adapter(folder, name=role)
         if adapter is not None and model.is_full(names["adapter"]):
             model, names = None, {}  # fine-tuned weights are now the transformer's: plain CFG (Eq. 1)
-        elif adapter is not None and config.lambda_a is None:
+        elif style_adapter is not None and content_adapter is not None and compose == "stack":
+            names = {"adapter": stack_adapters(model, {names["style_adapter"]: 1.0, names["content_adapter"]: 1.0})}
+        if "adapter" in names and config.lambda_a is None:
             config.lambda_a = muse.sampling_defaults["lambda_a"]
     content_prompts = None
-    if style_adapter is not None or content_adapter is not None:
+    if "style_adapter" in names or "content_adapter" in names:  # Eq. 5-6 (a lone one is refused when sampling)
         content_prompts = [content_prompt(p, style_descriptor) for p in prompts]
 
     with ExitStack() as stack:
@@ -153,6 +160,7 @@ def sample(
                 "adapter": str(adapter) if adapter else None,
                 "style_adapter": str(style_adapter) if style_adapter else None,
                 "content_adapter": str(content_adapter) if content_adapter else None,
+                "compose": compose if style_adapter or content_adapter else None,
                 "content_prompts": content_prompts,
                 "sampling": config_dict(config),
             }
@@ -182,6 +190,7 @@ def _sampling_config(args, muse: MuseModel | None = None) -> SamplingConfig:
         temperature=list(args.temperature),
         negative_prompt=args.negative_prompt or "",
         gamma=getattr(args, "gamma", 0.5),
+        gamma_end=getattr(args, "gamma_end", None),
     )
 
 
@@ -200,6 +209,7 @@ def run_sample_cli(args) -> int:
         style_adapter=args.style_adapter,
         content_adapter=args.content_adapter,
         style_descriptor=args.style_descriptor,
+        compose=args.compose,
         config=config,
         num_images=args.num_images,
         seed=args.seed,

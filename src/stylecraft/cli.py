@@ -125,7 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", default=None, help="adapter folder (StyleDrop guidance Eq. 4)")
     p.add_argument("--style-adapter", default=None, help="style adapter folder for two-adapter sampling (Eq. 5-6)")
     p.add_argument("--content-adapter", default=None, help="content adapter folder for two-adapter sampling")
+    p.add_argument(
+        "--compose",
+        default="stack",
+        choices=["stack", "mix"],
+        help="two adapters: stack (both in one forward, the default: docs/two-adapters.md) or mix (Eq. 5-6 with γ)",
+    )
     p.add_argument("--gamma", type=float, default=0.5, help="content weight γ of Eq. 5-6 (default 0.5)")
+    p.add_argument("--gamma-end", type=float, default=None, help="Eq. 5-6 γ at the last step, linear from --gamma")
     p.add_argument("--style-descriptor", default=None, help="phrase removed from the prompt for the content adapter")
     _add_sampling(p)
     _add_out(p)
@@ -256,17 +263,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="training steps of both rounds (default: recipes')")
     _add_out(p)
 
-    p = commands.add_parser("eval-two-adapters", help="content adapter (a new glyph) + style adapter, γ sweep")
+    p = commands.add_parser("eval-two-adapters", help="content adapter (a new glyph) + style adapter, every route")
     p.add_argument("--model", default=None, help=MODEL_HELP)
-    p.add_argument("--style", default="neon glow", help="style of the style adapter (default: neon glow)")
+    p.add_argument("--style", action="append", default=None, help="style to evaluate (repeat; default: held-out)")
+    p.add_argument(
+        "--content-style",
+        action="append",
+        default=None,
+        help="style of the glyph renders the content adapter learns from (repeat; default: 8 seen styles)",
+    )
     p.add_argument("--gamma", type=float, action="append", default=None, help="Eq. 5-6 γ (repeat; default 0.3 0.5 0.7)")
     p.add_argument("--num-images", type=int, default=32, help="images per row (default 32)")
     p.add_argument("--steps", type=int, default=None, help="training steps of both adapters (default: recipe's)")
     p.add_argument(
         "--content-recipe",
-        default="shapes-round1-unshifted",
-        help="content adapter recipe (default shapes-round1-unshifted; a DreamBooth one, e.g. shapes-dreambooth, "
-        "trains with class-prior preservation)",
+        default="shapes-dreambooth",
+        help="content adapter recipe (default shapes-dreambooth; one with lambda_prior > 0 trains with class-prior "
+        "preservation)",
     )
     _add_out(p)
 

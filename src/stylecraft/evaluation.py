@@ -630,14 +630,27 @@ def run_feedback_cli(args) -> int:
     return 0
 
 
-# ---- two adapters: a new object in a new style (StyleDrop §4.4, Eq. 5-6) ----------------------------------------
+# ---- two adapters: a new object in a new style (StyleDrop §4.4; issue #30) --------------------------------------
 GLYPH_COLOUR = "orange"  # the glyph "object" the content adapter learns
-GLYPH_RENDERS = 4  # content adapter training images (the issue: 3-5)
+GLYPH_RENDERS = 4  # content adapter training images in one style (the issue: 3-5)
 GAMMAS = (0.3, 0.5, 0.7)
+# The object's renders for the content adapter: one per style, each style named in its caption, all SEEN styles
+# (never the held-out ones it is evaluated in), so that "sks glyph" comes apart from any one look
+CONTENT_STYLES = (
+    "flat color",
+    "watercolor",
+    "chalkboard",
+    "striped",
+    "pen hatching",
+    "mosaic",
+    "gradient background",
+    "film grain",
+)
 
 
 def measure_glyph(images: list[Image.Image], style: str, oracles, detector) -> dict:
-    """Glyph rate (detector), style accuracy, colour accuracy and the both-correct rate (glyph AND style)."""
+    """Glyph rate (detector), style accuracy, colour accuracy, the both-correct rate (glyph AND style), and the
+    object-only (glyph, not the style) and style-only (the style, no glyph) rates."""
     from .world.oracles import ATTRIBUTES
 
     array = np.stack([np.asarray(image.convert("RGB")) for image in images])
@@ -649,127 +662,189 @@ def measure_glyph(images: list[Image.Image], style: str, oracles, detector) -> d
         "style_accuracy": float(styled.mean()),
         "colour_accuracy": float((predicted["colour"] == COLOUR_NAMES.index(GLYPH_COLOUR)).mean()),
         "both_correct": float((glyph & styled).mean()),
+        "object_only": float((glyph & ~styled).mean()),
+        "style_only": float((~glyph & styled).mean()),
         "num_images": len(images),
     }
-    return {**metrics, **standard_errors(metrics, ("glyph_rate", "style_accuracy", "colour_accuracy", "both_correct"))}
+    rates = ("glyph_rate", "style_accuracy", "colour_accuracy", "both_correct", "object_only", "style_only")
+    return {**metrics, **standard_errors(metrics, rates)}
+
+
+def glyph_content_images(styles: tuple[str, ...]) -> tuple[list[Image.Image], list[str]]:
+    """The content adapter's training set: renders of the orange glyph, one per style in ``styles`` (or
+    ``GLYPH_RENDERS`` of one style), each captioned "a large orange sks glyph in {style} style"."""
+    from .world import glyph_caption, render_glyphs
+
+    if len(styles) == 1:
+        styles = styles * GLYPH_RENDERS
+    images = [
+        render_glyphs(1, seed=i, colour=GLYPH_COLOUR, size="large", styles=(style,))[0][0]
+        for i, style in enumerate(styles)
+    ]
+    return [Image.fromarray(a) for a in images], [glyph_caption(GLYPH_COLOUR, style=s) for s in styles]
 
 
 def run_two_adapter_table(
     out,
     model: str | None = None,
-    style: str = "neon glow",
+    styles: tuple[str, ...] | None = None,
     gammas: tuple[float, ...] = GAMMAS,
     num_images: int = 32,
     steps: int | None = None,
     overwrite: bool = False,
-    content_recipe: str = "shapes-round1-unshifted",
+    content_recipe: str = "shapes-dreambooth",
+    content_styles: tuple[str, ...] = CONTENT_STYLES,
 ) -> dict:
-    """Train a content adapter on renders of the glyph (a shape no model saw) and a style adapter on one render of
-    ``style``; draw "a large orange sks glyph in {style} style" with each adapter alone (Eq. 4) and with both
-    mixed by Eq. 5-6 over ``gammas``; judge with the oracles and the glyph detector. A ``content_recipe`` with
-    class images trains DreamBooth's way, as ``stylecraft eval-content`` measures it (``eval_content.py``)."""
+    """Train a content adapter on renders of the glyph (a shape no model saw) in ``content_styles`` and, per style
+    of ``styles`` (default: the held-out ones), a style adapter on one render of it; draw "a large orange sks glyph
+    in {style} style" with each adapter alone (Eq. 4), with both mixed by Eq. 5-6 over ``gammas`` and with γ
+    scheduled 1 → 0, and with both stacked in one forward (``compose.stack_adapters``); judge with the oracles'
+    style head and a glyph detector trained without the held-out styles. Also draws the style adapter on the known
+    shapes: how often StyleDrop alone gets shape AND style right in that style, a ceiling for any composition."""
     from .api import load, sample
     from .dreambooth import train_dreambooth
     from .io import make_grid, output_dir, save_png, write_json
     from .sampling import SamplingConfig
-    from .training import load_recipe, train_adapter
-    from .world import glyph_caption, render_glyphs
-    from .world.oracles import load_glyph_oracle, load_oracles
+    from .training import default_recipe, load_recipe, train_adapter
+    from .world import HELD_OUT_STYLES, glyph_caption, glyph_oracle_path, render_glyphs
+    from .world.oracles import ATTRIBUTES, load_glyph_oracle, load_oracles
 
-    task = make_task(style)  # settings are checked before any training: an unknown style, a bad γ or count
+    styles = tuple(styles or HELD_OUT_STYLES)
+    tasks = {style: make_task(style) for style in styles}  # settings are checked before any training
+    for style in content_styles:
+        make_task(style)
+    if set(content_styles) & set(styles):
+        raise StylecraftError("the content adapter's render styles must not include an evaluated style")
     for gamma in gammas:
         SamplingConfig(gamma=gamma)
     if num_images < 1:
         raise StylecraftError(f"--num-images must be at least 1, got {num_images}")
-    oracles, detector = load_oracles(), load_glyph_oracle()
-    glyphs, _ = render_glyphs(GLYPH_RENDERS, seed=0, colour=GLYPH_COLOUR, size="large", styles=("flat color",))
-    content_prompt_text = glyph_caption(GLYPH_COLOUR)
-    prompt = glyph_caption(GLYPH_COLOUR, style=style)
-    real_glyphs, _ = render_glyphs(64, seed=EVAL_SEED, colour=GLYPH_COLOUR, size="large", styles=(style,))
+    oracles, detector = load_oracles(), load_glyph_oracle(glyph_oracle_path(seen_styles_only=True))
+    content_images, captions = glyph_content_images(tuple(content_styles))
+    style_recipe_name = default_recipe(model, "round1")
     results: dict = {
         "model": None,
-        "style": style,
-        "prompt": prompt,
-        "content_prompt": content_prompt_text,
-        "style_reference": task.reference_prompt,
-        "content_images": GLYPH_RENDERS,
-        # the glyph adapter learns the renders unmoved: with shift 1 it lost the glyph (development seed 777, γ 0.7:
-        # glyph 0.06 against 0.94; docs/shapes-experiments.md, "Two adapters")
+        "styles": styles,
+        "content_prompt": glyph_caption(GLYPH_COLOUR),  # Eq. 5-6's c: the prompt without the style
+        "content_captions": captions,
         "content_recipe": content_recipe,
-        "style_recipe": "shapes-round1",
+        "style_recipe": style_recipe_name,
+        "detector": "glyph_oracle_seen (trained on seen styles only)",
         "num_images": num_images,
         "guidance": GUIDANCE,
         "lambda_a": LAMBDA_A,
         "eval_seed": EVAL_SEED,
-        # what the judges score on real renders of the target: the ceiling of every row
-        "renders_of_the_target": measure_glyph([Image.fromarray(a) for a in real_glyphs], style, oracles, detector),
-        "rows": {},
+        "per_style": {},
     }
     with output_dir(out, overwrite=overwrite) as folder:
-        content_images = [Image.fromarray(a) for a in glyphs]
-        content_recipe = load_recipe(results["content_recipe"], steps=steps)
-        style_recipe = load_recipe(results["style_recipe"], steps=steps)
-        captions = [content_prompt_text] * GLYPH_RENDERS
-        if content_recipe.num_class_images:  # DreamBooth as eval_content.py measures it: the caption names the
-            captions = [glyph_caption(GLYPH_COLOUR, style="flat color")] * GLYPH_RENDERS  # renders' style, and the
-            class_prompt = captions[0].replace("sks ", "")  # class prompt is that caption without the rare token
-            content_recipe = load_recipe(results["content_recipe"], steps=steps, class_prompt=class_prompt)
-        results["content_caption"] = captions[0]
-        trainer = train_dreambooth if content_recipe.class_prompt else train_adapter
-        trainer(load(model), content_images, captions, content_recipe, folder / "content")
-        train_adapter(load(model), [task.reference], [task.reference_prompt], style_recipe, folder / "style")
-        muse = load(model)
-        results["model"] = muse.name
-        runs: dict[str, dict] = {
-            "content adapter only (Eq. 4)": {"adapter": folder / "content"},
-            "style adapter only (Eq. 4)": {"adapter": folder / "style"},
-        }
-        for gamma in gammas:
-            runs[f"both, γ = {gamma:g} (Eq. 5-6)"] = {
-                "style_adapter": folder / "style",
-                "content_adapter": folder / "content",
-                "style_descriptor": style,
-                "gamma": gamma,
+        recipe = load_recipe(content_recipe, steps=steps)
+        if recipe.lambda_prior > 0:  # DreamBooth's class prompt: the caption without the rare token
+            recipe = load_recipe(content_recipe, steps=steps, class_prompt=captions[0].replace("sks ", ""))
+        train_dreambooth(load(model), content_images, captions, recipe, folder / "content")
+        grid_rows = [content_images[:8]]
+        for style, task in tasks.items():
+            style_folder = folder / f"style-{re.sub(r'[^a-z0-9]+', '-', style)}"
+            train_adapter(
+                load(model),
+                [task.reference],
+                [task.reference_prompt],
+                load_recipe(style_recipe_name, steps=steps),
+                style_folder,
+            )
+            muse = load(model)
+            results["model"] = muse.name
+            prompt = glyph_caption(GLYPH_COLOUR, style=style)
+            renders = render_glyphs(num_images, seed=EVAL_SEED, colour=GLYPH_COLOUR, size="large", styles=(style,))[0]
+            block: dict = {
+                "prompt": prompt,
+                "style_reference": task.reference_prompt,
+                # what the judges score on real renders of the target: the ceiling of every row
+                "renders_of_the_target": measure_glyph([Image.fromarray(a) for a in renders], style, oracles, detector),
+                "rows": {},
             }
-        grid_rows = []
-        for name, run in runs.items():
-            config = SamplingConfig(steps=12, guidance_scale=GUIDANCE, gamma=run.pop("gamma", 0.5))
-            if "adapter" in run:
-                config.lambda_a = LAMBDA_A
-            images = sample(muse, [prompt], config=config, num_images=num_images, seed=EVAL_SEED, progress=False, **run)
-            results["rows"][name] = measure_glyph(images, style, oracles, detector)
-            grid_rows.append(images[:8])
-        best = max(gammas, key=lambda g: results["rows"][f"both, γ = {g:g} (Eq. 5-6)"]["both_correct"])
-        results["best_gamma"] = best
-        inputs = [*content_images, task.reference] + [Image.new("RGB", (64, 64), "white")] * (8 - GLYPH_RENDERS - 1)
-        grid = make_grid([im.resize((96, 96), 0) for row in [inputs, *grid_rows] for im in row], columns=8)
-        save_png(grid, folder / "grid.png", {"rows": ["inputs", *runs]})
+            # StyleDrop alone on the known shapes in this style: shape AND style, the ceiling of a composition
+            known = sample(
+                muse,
+                task.prompts,
+                adapter=style_folder,
+                num_images=max(1, num_images // len(task.prompts)),
+                seed=EVAL_SEED,
+                progress=False,
+            )
+            predicted = oracles.predict(np.stack([np.asarray(im) for im in known]))
+            wanted = np.array(
+                [SHAPES.index(parse_caption(task.prompts[i % len(task.prompts)])["shape"]) for i in range(len(known))]
+            )
+            both = (predicted["shape"] == wanted) & (predicted["style"] == ATTRIBUTES["style"].index(style))
+            block["style_adapter_known_shapes"] = {"both_correct": float(both.mean()), "num_images": len(known)}
+            runs: dict[str, dict] = {
+                "content adapter only (Eq. 4)": {"adapter": folder / "content"},
+                "style adapter only (Eq. 4)": {"adapter": style_folder},
+            }
+            two = {"style_adapter": style_folder, "content_adapter": folder / "content", "style_descriptor": style}
+            for gamma in gammas:
+                runs[f"both, γ = {gamma:g} (Eq. 5-6)"] = {**two, "compose": "mix", "gamma": gamma}
+            runs["both, γ 1 → 0 over the steps (Eq. 5-6)"] = {**two, "compose": "mix", "gamma": 1.0, "gamma_end": 0.0}
+            runs["both, stacked in one forward"] = {**two, "compose": "stack"}
+            for name, run in runs.items():
+                config = SamplingConfig(
+                    steps=12, guidance_scale=GUIDANCE, gamma=run.pop("gamma", 0.5), gamma_end=run.pop("gamma_end", None)
+                )
+                images = sample(
+                    muse, [prompt], config=config, num_images=num_images, seed=EVAL_SEED, progress=False, **run
+                )
+                block["rows"][name] = measure_glyph(images, style, oracles, detector)
+                grid_rows.append(images[:8])
+            results["per_style"][style] = block
+        grid = make_grid([im.resize((96, 96), 0) for row in grid_rows for im in row], columns=8)
+        save_png(grid, folder / "grid.png", {"rows": ["content inputs", *[f"{s}: {r}" for s in styles for r in runs]]})
         write_json(folder / "results.json", results)
         (folder / "table.md").write_text(two_adapter_markdown(results))
     return results
 
 
 def two_adapter_markdown(results: dict) -> str:
+    """A summary (both-correct per route and style) and one table per style with every rate."""
+    styles = results["styles"]
+    first = results["per_style"][styles[0]]
+    summary = {
+        "renders of the target (judges' ceiling)": {
+            s: results["per_style"][s]["renders_of_the_target"]["both_correct"] for s in styles
+        },
+        "style adapter on the known shapes (shape and style)": {
+            s: results["per_style"][s]["style_adapter_known_shapes"]["both_correct"] for s in styles
+        },
+    }
+    for row in first["rows"]:
+        summary[row] = {s: results["per_style"][s]["rows"][row]["both_correct"] for s in styles}
     columns = [
         ("both_correct", "both correct ↑", "{:.2f}"),
-        ("glyph_rate", "glyph (detector) ↑", "{:.2f}"),
-        ("style_accuracy", "style acc. ↑", "{:.2f}"),
-        ("colour_accuracy", "colour acc. ↑", "{:.2f}"),
+        ("object_only", "object only", "{:.2f}"),
+        ("style_only", "style only", "{:.2f}"),
+        ("glyph_rate", "glyph", "{:.2f}"),
+        ("style_accuracy", "style acc.", "{:.2f}"),
+        ("colour_accuracy", "colour acc.", "{:.2f}"),
     ]
-    rows = {"renders of the target (judges' ceiling)": results["renders_of_the_target"], **results["rows"]}
     lines = [
-        f"# Two adapters: a new glyph in {results['style']} style",
+        f"# Two adapters: a new glyph in {', '.join(styles)} (model `{results['model']}`)",
         "",
-        f"Prompt: `{results['prompt']}`. Content adapter: {results['content_images']} renders of "
-        f"`{results.get('content_caption', results['content_prompt'])}` (a shape no model saw; recipe "
-        f"`{results['content_recipe']}`). Style adapter: "
-        f"one render of `{results['style_reference']}` (recipe `{results['style_recipe']}`). "
-        f"{results['num_images']} images per row, seed {results['eval_seed']}, "
-        f"CFG {results['guidance']}. Best γ: **{results['best_gamma']:g}**. Grid: grid.png (first row: the inputs). "
-        f"{SE_NOTE}",
+        f"Content adapter (recipe `{results['content_recipe']}`): {len(results['content_captions'])} renders of the "
+        f"glyph, a shape no model saw, captioned e.g. `{results['content_captions'][0]}`. Style adapter (recipe "
+        f"`{results['style_recipe']}`): one render per style. Eq. 5-6's content prompt: `{results['content_prompt']}`. "
+        f"{results['num_images']} images per row, seed {results['eval_seed']}, CFG {results['guidance']}, λA "
+        f"{results['lambda_a']}. Object: {results['detector']}; style: the oracles' style head. {SE_NOTE} "
+        "Grid: grid.png (first row: the content adapter's inputs; then 8 images per row, style by style).",
         "",
-        *markdown_table(rows, columns),
+        "Both correct (object AND style):",
+        "",
+        "| row | " + " | ".join(styles) + " |",
+        "|---" * (len(styles) + 1) + "|",
+        *[f"| {row} | " + " | ".join(f"{v[s]:.2f}" for s in styles) + " |" for row, v in summary.items()],
     ]
+    for style in styles:
+        block = results["per_style"][style]
+        rows = {"renders of the target (judges' ceiling)": block["renders_of_the_target"], **block["rows"]}
+        lines += ["", f"## {style}: `{block['prompt']}`", "", *markdown_table(rows, columns)]
     return "\n".join(lines) + "\n"
 
 
@@ -777,12 +852,13 @@ def run_two_adapter_cli(args) -> int:
     results = run_two_adapter_table(
         args.out,
         model=args.model,
-        style=args.style,
+        styles=tuple(args.style) if args.style else None,
         gammas=tuple(args.gamma or GAMMAS),
         num_images=args.num_images,
         steps=args.steps,
         overwrite=args.overwrite,
         content_recipe=args.content_recipe,
+        content_styles=tuple(args.content_style or CONTENT_STYLES),
     )
     print(two_adapter_markdown(results))
     return 0

@@ -61,9 +61,11 @@ def shapes_clip_dir() -> Path:
     return WEIGHTS / "clip"
 
 
-def glyph_oracle_path() -> Path:
-    """File of the glyph detector's weights (safetensors): is this image the two-adapter experiment's glyph?"""
-    return WEIGHTS / "glyph_oracle.safetensors"
+def glyph_oracle_path(seen_styles_only: bool = False) -> Path:
+    """File of the glyph detector's weights (safetensors): is this image the two-adapter experiment's glyph?
+    ``seen_styles_only``: the detector trained on the seen styles alone (recipe ``glyph-seen``), which judges the
+    glyph in the held-out styles without having seen them (``stylecraft eval-two-adapters``)."""
+    return WEIGHTS / ("glyph_oracle_seen.safetensors" if seen_styles_only else "glyph_oracle.safetensors")
 
 
 def oracle_path() -> Path:
