@@ -263,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="training steps of both rounds (default: recipes')")
     _add_out(p)
 
+    p = commands.add_parser("compare-methods", help="StyleDrop vs InstantStyle on held-out style families, one table")
+    importlib.import_module("stylecraft.compare").configure(p)
+
     p = commands.add_parser("eval-two-adapters", help="content adapter (a new glyph) + style adapter, every route")
     p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--style", action="append", default=None, help="style to evaluate (repeat; default: held-out)")
@@ -317,6 +320,7 @@ RUNNERS = {
     "feedback": "stylecraft.feedback:run_cli",
     "instantstyle": "stylecraft.instantstyle:run_cli",
     "instantstyle-probe": "stylecraft.probe:run_cli",
+    "compare-methods": "stylecraft.compare:run_cli",
     "demo": "stylecraft.demo:run_cli",
     "eval": "stylecraft.evaluation:run_cli",
     "eval-feedback": "stylecraft.evaluation:run_feedback_cli",

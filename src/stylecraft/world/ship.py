@@ -134,13 +134,14 @@ SD_RUNS = {  # shapes-sd's stages: run folder name under --runs -> what it holds
 SHAPES_SD = "shapes-sd"
 
 
-def ship_sd(runs: Path, block_presets: dict[str, list[str]] | None = None) -> Path:
+def ship_sd(runs: Path, block_presets: dict[str, list[str]] | None = None, weights: Path = WEIGHTS) -> Path:
     """Assemble ``WEIGHTS/shapes-sd`` from the runs in ``runs`` (sd-unet/, ip-adapter/, controlnet/, clip/, and
     oracles/ when present): the Stable Diffusion folder, plus ``ip-adapter/`` (h94 layout with its image encoder),
     ``controlnet/``, ``content_text_encoder/`` (the CLIP's text tower with projection, in the image encoder's space,
     for content subtraction) and ``training/`` (each stage's record). ``model_index.json`` gains a ``"_stylecraft"``
     entry that ``load_instantstyle`` reads: the architecture name, its block presets, and where those parts are.
-    The space oracles (``oracles/``, world v2) ship as ``space_oracles.safetensors``. Returns the shipped folder."""
+    The space oracles (``oracles/``, world v2) ship as ``space_oracles.safetensors``. ``weights``: the folder to
+    ship into (default the package's). Returns the shipped folder."""
     from .train_clip import clip_text_encoder
 
     needed = [runs / name / sub for name, sub in SD_RUNS.items()] + [runs / name / "training.json" for name in SD_RUNS]
@@ -149,14 +150,15 @@ def ship_sd(runs: Path, block_presets: dict[str, list[str]] | None = None) -> Pa
         raise StylecraftError(
             f"nothing shipped: {missing[0]} does not exist; train that stage first (docs/shapes-sd.md)"
         )
-    staging = WEIGHTS / f".{SHAPES_SD}.shipping"
+    staging = weights / f".{SHAPES_SD}.shipping"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(runs / "sd-unet" / "shapes-sd", staging)
     shutil.copytree(runs / "ip-adapter" / "ip-adapter", staging / "ip-adapter")
     shutil.copytree(runs / "controlnet" / "controlnet", staging / "controlnet")
     clip_text_encoder(runs / "clip" / "clip").save_pretrained(staging / "content_text_encoder")
     for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(runs / "clip" / "clip" / name, staging / "content_text_encoder" / name)
+        if (runs / "clip" / "clip" / name).is_file():  # newer transformers write no special_tokens_map.json
+            shutil.copy(runs / "clip" / "clip" / name, staging / "content_text_encoder" / name)
     (staging / "training").mkdir()
     stages = [*SD_RUNS, "sd-vae"] if (runs / "sd-vae" / "training.json").is_file() else list(SD_RUNS)
     for name in stages:
@@ -171,9 +173,9 @@ def ship_sd(runs: Path, block_presets: dict[str, list[str]] | None = None) -> Pa
         "content_text_encoder": "content_text_encoder",
     }
     write_json(staging / "model_index.json", index)
-    shutil.rmtree(WEIGHTS / SHAPES_SD, ignore_errors=True)
-    staging.rename(WEIGHTS / SHAPES_SD)
+    shutil.rmtree(weights / SHAPES_SD, ignore_errors=True)
+    staging.rename(weights / SHAPES_SD)
     if (runs / "oracles" / "oracles.safetensors").is_file():
-        _replace_file(runs / "oracles" / "oracles.safetensors", WEIGHTS / "space_oracles.safetensors")
-        _replace_file(runs / "oracles" / "training.json", WEIGHTS / "space_oracles.training.json")
-    return WEIGHTS / SHAPES_SD
+        _replace_file(runs / "oracles" / "oracles.safetensors", weights / "space_oracles.safetensors")
+        _replace_file(runs / "oracles" / "training.json", weights / "space_oracles.training.json")
+    return weights / SHAPES_SD

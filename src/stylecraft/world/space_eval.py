@@ -25,6 +25,16 @@ VIEWS = 8  # renders (random content) that stand for each candidate style
 REFERENCE = {"shape": "circle", "colour": "red"}  # the reference image's content, as in the named-style harness
 
 
+def load_space_oracles() -> Oracles:
+    """The oracles trained on the style space's seen styles too (world v2, ``space_oracles.safetensors``) when
+    shipped, else the named-style oracles."""
+    from . import WEIGHTS
+    from .oracles import load_oracles
+
+    path = WEIGHTS / "space_oracles.safetensors"
+    return load_oracles(path if path.is_file() else None)
+
+
 def family_ids(name: str) -> np.ndarray:
     return space.family_ids(name)
 

@@ -167,22 +167,32 @@ def train_sd_vae(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None
     else:
         vae = build_vae(recipe.model)
     kl_weight = recipe.extra.get("kl_weight", 1e-6)
+    # "decoder": the encoder (so the latent space a UNet was trained on) stays as it is; the decoder learns on
+    train = recipe.extra.get("train", "all")
+    if train not in ("all", "decoder"):
+        raise StylecraftError(f"extra.train must be 'all' or 'decoder', got {train!r}")
+    frozen = [vae.encoder, vae.quant_conv] if train == "decoder" else []
+    for module in frozen:
+        module.requires_grad_(False)
 
     def step_fn(step):
         images = space.recipe_batch(recipe.extra, recipe.batch_size, recipe.seed, step).images  # v2: seen styles
         x = to_tensor(images) * 2 - 1  # [n, 3, 64, 64] in [-1, 1], as SD's VAE takes pixels
-        posterior = vae.encode(x).latent_dist
+        with torch.set_grad_enabled(not frozen):
+            posterior = vae.encode(x).latent_dist
         reconstruction = vae.decode(posterior.sample(step_generator(recipe.seed, step))).sample.float()
         error = (reconstruction - x).square() + 0.5 * (reconstruction - x).abs()
         # SD's ratio: reconstruction summed over pixels, KL summed over latents × kl_weight (1e-6); both / pixels here.
         kl = posterior.kl().mean() / x[0].numel()
         return error.mean() + kl_weight * kl, {"kl": round(kl.item(), 4)}
 
-    wall, history = train_loop(recipe, out, {"vae": vae}, list(vae.parameters()), step_fn, resume)
-    with torch.no_grad():  # latents of unit variance for the UNet, as SD's 0.18215 does for its VAE
-        images, _ = renderer.render_batch(256, EVAL_SEED)
-        spread = vae.encode(to_tensor(images) * 2 - 1).latent_dist.mean.std().item()
-    vae.register_to_config(scaling_factor=round(1.0 / spread, 5))
+    trainable = [p for p in vae.parameters() if p.requires_grad]
+    wall, history = train_loop(recipe, out, {"vae": vae}, trainable, step_fn, resume)
+    if not frozen:  # latents of unit variance for the UNet, as SD's 0.18215 does for its VAE (a frozen encoder
+        with torch.no_grad():  # keeps the scaling its UNet was trained with)
+            images, _ = renderer.render_batch(256, EVAL_SEED)
+            spread = vae.encode(to_tensor(images) * 2 - 1).latent_dist.mean.std().item()
+        vae.register_to_config(scaling_factor=round(1.0 / spread, 5))
     vae.save_pretrained(out / "vae")
     contact_sheet(vae).save(out / "reconstructions.png")
     metrics = evaluate_vae(vae, evaluation_oracles(oracles), recipe.eval_images)
