@@ -214,3 +214,43 @@ def test_stages_refuse_missing_inputs_and_bad_sizes_with_one_line(tmp_path):
         main(["controlnet", "--out", str(tmp_path / "cn"), "--sd", str(tmp_path / "nothing"), "--steps", "1"])
     with pytest.raises(StylecraftError, match="at least 3 resolution levels"):
         build_unet({"block_out_channels": [16, 32]}, 8, 4, 96)
+
+
+def test_ship_sd_assembles_a_folder_instantstyle_loads_with_no_other_argument(shapes_sd, style_png, tmp_path):
+    """After the stages above: ship-sd gathers shapes-sd, its IP-Adapter, ControlNet and content text tower in one
+    folder whose model_index.json declares them; load_instantstyle(folder) alone finds every part."""
+    import shutil
+
+    from stylecraft.instantstyle import load_instantstyle
+    from stylecraft.world.ship import ship_sd
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for name, stage in (("sd-unet", "unet"), ("ip-adapter", "ip"), ("controlnet", "controlnet")):
+        (runs / name).symlink_to(shapes_sd / stage)
+    (runs / "clip").mkdir()
+    (runs / "clip" / "clip").symlink_to(WEIGHTS / "clip")
+    shutil.copy(WEIGHTS / "clip" / "training.json", runs / "clip" / "training.json")
+    presets = {"style": ["up_blocks.2"], "style+layout": ["up_blocks.2", "down_blocks.1"]}
+    folder = ship_sd(runs, presets, tmp_path / "weights")
+    assert {p.name for p in folder.iterdir()} >= {"unet", "vae", "ip-adapter", "controlnet", "content_text_encoder"}
+    assert sorted(p.name for p in (folder / "training").iterdir()) == [
+        "clip.json",
+        "controlnet.json",
+        "ip-adapter.json",
+        "sd-unet.json",
+    ]
+    style = load_instantstyle(folder)
+    assert style.content_text_encoder is not None and hasattr(style.pipe, "controlnet") is False
+    output = style("a large blue star", style_png, blocks="style", content_prompt="a large red circle", steps=2)
+    assert output.settings["block_keys"] == ["up_blocks.2"] and output.images[0].size == (64, 64)
+    precise = style("a large blue star", style_png, content_prompt="a large red circle", precise=True, steps=2)
+    assert precise.settings["layout_keys"] == ["down_blocks.1"]
+    with_edges = load_instantstyle(folder, controlnet="default")  # the declared ControlNet
+    drawn = with_edges("a large blue star", style_png, content_image=style_png, steps=2)
+    assert drawn.control_image is not None and drawn.images[0].size == (64, 64)
+    # nothing is half-written: a second ship replaces the folder whole
+    assert (
+        ship_sd(runs, None, tmp_path / "weights") == folder
+        and not (tmp_path / "weights" / ".shapes-sd.shipping").exists()
+    )
