@@ -470,10 +470,10 @@ def run_cli(args: argparse.Namespace) -> int:
 
             judge = ClipJudge(load_scorer(args.clip, args.device), args.reference_content)
         else:
-            from .world.oracles import load_oracles
+            from .world.space_eval import load_space_oracles
             from .world.style_judge import load_style_judge
 
-            judge = WorldJudge(load_style_judge(), load_oracles())
+            judge = WorldJudge(load_style_judge(), load_space_oracles())
         style = load_instantstyle(
             args.model,
             ip_adapter=args.ip_adapter,
