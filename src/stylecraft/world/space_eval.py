@@ -189,3 +189,28 @@ def measure_prompted(
     result = {k: round(float((predicted[k] == getattr(task.scenes, k)).mean()), 4) for k in ("shape", "colour", "size")}
     result["style"] = round(float((task.candidate_ids[nearest] == task.style_ids).mean()), 4)
     return result
+
+
+@torch.no_grad()
+def autoencoder_report(transform: Callable[[np.ndarray], torch.Tensor], oracles: Oracles, n: int, seed: int) -> dict:
+    """How well an autoencoder (``transform``: uint8 renders -> float reconstructions [n, 3, 64, 64] in [0, 1])
+    keeps each family of the style space (seen and every held-out one): oracle shape and colour on ``n`` renders
+    and on their reconstructions, pixel MSE, and ``style_retrieval`` (the reconstruction finds its original among 50
+    styles of the family drawing one scene)."""
+    import torch.nn.functional as F
+
+    from .pretrain import to_tensor
+
+    result = {}
+    for name in (space.SEEN, *space.HELD_OUT_FAMILIES):
+        images, scenes, _ = family_renders(name, n, seed)
+        recon = torch.cat([transform(images[i : i + 64]) for i in range(0, n, 64)])
+        labels = {k: v for k, v in scenes.labels().items() if k in ("shape", "colour")}
+        original, rebuilt = oracles.predict(images), oracles.predict(recon)
+        result[name] = {
+            **{f"original_{k}": round(float((original[k] == v).mean()), 4) for k, v in labels.items()},
+            **{f"reconstruction_{k}": round(float((rebuilt[k] == v).mean()), 4) for k, v in labels.items()},
+            "pixel_mse": round(F.mse_loss(recon, to_tensor(images)).item(), 5),
+            "style_retrieval": style_retrieval(transform, name, seed),
+        }
+    return result

@@ -204,9 +204,13 @@ def evaluate_models(model: Path, oracles: Oracles, images: int, guidance: float 
     vq = load_muse(str(model)).vqvae.eval()  # refuses a folder without the aMUSEd layout, naming what is missing
     with torch.no_grad():
         vq_result = evaluate_vq(vq, oracles, images)
+    from .space_eval import autoencoder_report, load_space_oracles
+    from .train_vq import reconstruct
+
+    vq_space = autoencoder_report(lambda x: reconstruct(vq, x), load_space_oracles(), images, EVAL_SEED)
     return {
         "model": str(model),
         "vq": {key: vq_result[key] for key in ("mean_original", "mean_reconstruction", "pixel_mse")}
-        | {"per_style": {style: vq_result[style] for style in renderer.STYLES}},
+        | {"per_style": {style: vq_result[style] for style in renderer.STYLES}, "space": vq_space},
         "muse": evaluate_muse(model, oracles, {"images": images, "steps": 12, "guidance": guidance}),
     }

@@ -235,24 +235,10 @@ def evaluate_vae(vae, oracles: Oracles, n: int) -> dict:
 
 
 def evaluate_vae_space(vae, oracles: Oracles, n: int) -> dict:
-    """Per family of the style space (seen and each held-out one): oracle shape and colour on ``n`` renders and on
-    their reconstructions, pixel MSE, and the style judge's retrieval of each original by its reconstruction among
-    50 styles of the family drawing the same scene (``space_eval.style_retrieval``)."""
-    from .space_eval import family_renders, style_retrieval
+    """Per family of the style space: ``space_eval.autoencoder_report`` of the VAE's reconstructions."""
+    from .space_eval import autoencoder_report
 
-    result = {}
-    for name in (space.SEEN, *space.HELD_OUT_FAMILIES):
-        images, scenes, _ = family_renders(name, n, EVAL_SEED)
-        recon = torch.cat([reconstruct_vae(vae, images[i : i + 64]) for i in range(0, n, 64)])
-        original = oracle_accuracy(oracles, images, scenes.labels())
-        rebuilt = oracle_accuracy(oracles, recon, scenes.labels())
-        result[name] = {
-            **{f"original_{k}": round(original[k], 4) for k in ("shape", "colour")},
-            **{f"reconstruction_{k}": round(rebuilt[k], 4) for k in ("shape", "colour")},
-            "pixel_mse": round(F.mse_loss(recon, to_tensor(images)).item(), 5),
-            "style_retrieval": style_retrieval(lambda x: reconstruct_vae(vae, x), name, EVAL_SEED),
-        }
-    return result
+    return autoencoder_report(lambda x: reconstruct_vae(vae, x), oracles, n, EVAL_SEED)
 
 
 # ----------------------------------------------------------------------------------------------- UNet
