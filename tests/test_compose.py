@@ -103,3 +103,31 @@ def test_sample_command_stacks_two_adapters_by_default(muse, tiny_muse_dir, tmp_
     argv += ["--content-adapter", str(tmp_path / "lora"), "--compose", "mix", "--out", str(tmp_path / "mix")]
     assert main(argv) == 0
     assert json.loads((tmp_path / "mix" / "run.json").read_text())["content_prompts"] == ["a cat"]
+
+
+def test_glyph_detector_of_the_seen_styles_trains_on_them_alone(tmp_path, monkeypatch):
+    import json
+
+    from stylecraft.world import renderer
+    from stylecraft.world.pretrain import RECIPES, load_recipe
+    from stylecraft.world.train_judges import train_glyph_oracle
+
+    recipes = json.loads(RECIPES.read_text())
+    assert recipes["glyph-seen"]["extra"]["styles"] == "seen"
+    recipe = load_recipe("glyph-seen", overrides={"steps": 1, "warmup": 1, "eval_images": 1, "batch_size": 4})
+    drawn = []  # the styles every training batch was drawn from
+    original = renderer.sample_scenes
+
+    def recording(n, rng, styles=None):
+        drawn.append(styles)
+        return original(n, rng, styles)
+
+    monkeypatch.setattr(renderer, "sample_scenes", recording)
+    (tmp_path / "seen").mkdir()
+    train_glyph_oracle(recipe, tmp_path / "seen", resume=False)
+    training = [s for s in drawn if s is None or len(s) > 1]  # the evaluation draws one style at a time
+    assert training and all(s == renderer.SEEN_STYLES for s in training)
+    assert (tmp_path / "seen" / "glyph_oracle.safetensors").is_file()
+    recipe.extra["styles"] = "held-out"
+    with pytest.raises(StylecraftError, match="extra.styles"):
+        train_glyph_oracle(recipe, tmp_path / "bad", resume=False)
