@@ -264,7 +264,14 @@ def train_sd_unet(recipe: Recipe, out: Path, resume: bool, vae_run: Path, clip: 
     parts = LatentDiffusion(vae, text_encoder, tokenizer, DDPMScheduler(**NOISE_SCHEDULE, prediction_type=prediction))
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
     torch.manual_seed(recipe.seed)
-    unet = build_unet(recipe.model, renderer.SIZE // scale, vae.config.latent_channels, text_encoder.config.hidden_size)
+    if recipe.extra.get("init"):  # a later stage: continue an earlier run's UNet (its shapes-sd folder)
+        from diffusers import UNet2DConditionModel
+
+        unet = UNet2DConditionModel.from_pretrained(Path(recipe.extra["init"]) / "shapes-sd" / "unet")
+    else:
+        unet = build_unet(
+            recipe.model, renderer.SIZE // scale, vae.config.latent_channels, text_encoder.config.hidden_size
+        )
 
     def step_fn(step):
         batch = space.recipe_batch(recipe.extra, recipe.batch_size, recipe.seed, step, renderer.SEEN_STYLES)
