@@ -110,6 +110,7 @@ def run_comparison(
     from .scoring import load_scorer
     from .world import space
     from .world.space_eval import family_task, load_space_oracles, measure_family
+    from .world.style_judge import load_style_judge
 
     names = list(space.HELD_OUT_FAMILIES)[:families] if isinstance(families, int) else list(families)
     unknown = [name for name in names if name not in space.HELD_OUT_FAMILIES]
@@ -122,7 +123,7 @@ def run_comparison(
         raise StylecraftError(f"--images must be at least 1 (prompts per family), got {images}")
     with output_dir(out, overwrite=overwrite) as folder:
         style = load_instantstyle(sd_model)
-        muse, oracles, scorer = load(muse_model), load_space_oracles(), load_scorer()
+        muse, oracles, scorer, judge = load(muse_model), load_space_oracles(), load_scorer(), load_style_judge()
         config = SamplingConfig(steps=12, guidance_scale=GUIDANCE, lambda_a=LAMBDA_A)
         per_family, grids = {}, {row: [] for row in ROWS}
         for name in names:
@@ -132,7 +133,7 @@ def run_comparison(
             contents = task.prompts(with_style=False)
             per_family[name] = {"style_id": task.style_id, "descriptor": space.describe(task.style_id), "rows": {}}
             for row, (pictures, seconds) in drawn.items():
-                metrics = measure_family(_pixels(pictures), task, oracles)
+                metrics = measure_family(_pixels(pictures), task, oracles, judge)  # candidates embedded once
                 metrics["text_score"] = round(float(scorer.text_scores(pictures, contents).mean()), 4)
                 metrics["first_image_seconds"] = round(seconds[0], 2)
                 metrics["seconds_per_image"] = round(float(np.mean(seconds[1:] or seconds)), 3)

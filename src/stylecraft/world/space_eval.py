@@ -11,7 +11,7 @@ reference's style 0.28 of the time in the halftone family; from 8 scenes 0.94-1.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -35,15 +35,11 @@ def load_space_oracles() -> Oracles:
     return load_oracles(path if path.is_file() else None)
 
 
-def family_ids(name: str) -> np.ndarray:
-    return space.family_ids(name)
-
-
 def family_renders(name: str, n: int, seed: int) -> tuple[np.ndarray, renderer.Scenes, np.ndarray]:
     """``n`` random scenes in random styles of family ``name`` (``space.SEEN`` or a held-out family)."""
     rng = np.random.default_rng([seed, len(name)])
     scenes = renderer.sample_scenes(n, rng)
-    members = family_ids(name)
+    members = space.family_ids(name)
     ids = members[rng.integers(len(members), size=n)]
     return space.render_styles(scenes, ids, rng), scenes, ids
 
@@ -66,7 +62,7 @@ def style_retrieval(
     render (e.g. a VAE's reconstruction) finds its own original among all originals."""
     judge = judge or load_style_judge()
     rng = np.random.default_rng([seed, 7])
-    members = family_ids(name)
+    members = space.family_ids(name)
     ids = rng.choice(members, size=min(CANDIDATES, len(members)), replace=False)
     scenes = renderer.sample_scenes(1, rng)
     scenes = renderer.Scenes(**{k: np.repeat(v, len(ids)) for k, v in scenes.labels().items()})
@@ -88,6 +84,7 @@ class FamilyTask:
     colours: np.ndarray  # [n] asked colour index (never red)
     candidate_ids: np.ndarray  # [CANDIDATES] style ids, the reference's first
     candidates: np.ndarray  # uint8 [CANDIDATES, VIEWS, 64, 64, 3]: each candidate style over random scenes
+    _keys: dict = field(default_factory=dict, repr=False, compare=False)  # judge -> candidate_keys, computed once
 
     def prompts(self, with_style: bool = True) -> list[str]:
         """The asked content, with the reference's descriptor (``"... in <descriptor> style"``) or without."""
@@ -102,7 +99,7 @@ def family_task(name: str, num_prompts: int = 64, seed: int = 0) -> FamilyTask:
     """The task of held-out family ``name``: a member style (seeded), its reference image, ``num_prompts`` prompts
     of other shapes and colours, and the reference's style with 49 other held-out styles, each over random scenes."""
     rng = np.random.default_rng([seed, sorted(space.HELD_OUT_FAMILIES).index(name)])
-    style_id = int(rng.choice(family_ids(name)))
+    style_id = int(rng.choice(space.family_ids(name)))
     others = space.HELD_OUT_IDS[space.HELD_OUT_IDS != style_id]
     candidate_ids = np.concatenate([[style_id], rng.choice(others, size=CANDIDATES - 1, replace=False)])
     reference = space.render_styles(_scene(**REFERENCE, n=1), candidate_ids[:1], seed)[0]
@@ -128,7 +125,7 @@ def measure_family(
     """Style match (retrieval of the reference among the candidates), content (shape and colour both as asked),
     leakage (the reference's shape or colour where another was asked) of images made for ``task.prompts()``."""
     judge = judge or load_style_judge()
-    nearest = (judge.embed(images) @ candidate_keys(task.candidates, judge).T).argmax(1).numpy()
+    nearest = (judge.embed(images) @ task_keys(task, judge).T).argmax(1).numpy()
     predicted = oracles.predict(images)
     shape_ok = predicted["shape"] == task.shapes
     colour_ok = predicted["colour"] == task.colours
@@ -152,6 +149,7 @@ class PromptedTask:
     style_ids: np.ndarray  # [n] asked style, each one of ``candidate_ids``
     candidate_ids: np.ndarray  # [CANDIDATES]
     candidates: np.ndarray  # uint8 [CANDIDATES, VIEWS, 64, 64, 3]
+    _keys: dict = field(default_factory=dict, repr=False, compare=False)  # judge -> candidate_keys, computed once
 
     def prompts(self) -> list[str]:
         return space.captions(self.scenes, self.style_ids)
@@ -171,6 +169,13 @@ def prompted_task(n: int, seed: int, held_out: bool = False) -> PromptedTask:
     )
 
 
+def task_keys(task: FamilyTask | PromptedTask, judge: StyleEmbedder) -> torch.Tensor:
+    """``candidate_keys`` of a task's candidates, computed once per judge (every row of a table reuses them)."""
+    if judge not in task._keys:
+        task._keys[judge] = candidate_keys(task.candidates, judge)
+    return task._keys[judge]
+
+
 def candidate_keys(candidates: np.ndarray, judge: StyleEmbedder) -> torch.Tensor:
     """Each candidate style's key [CANDIDATES, d]: the normalised mean of its views' style embeddings."""
     keys = judge.embed(candidates.reshape(-1, *candidates.shape[2:])).reshape(len(candidates), candidates.shape[1], -1)
@@ -184,7 +189,7 @@ def measure_prompted(
     """Shape, colour, size (oracles) and style (the asked style retrieved among the candidates) of images made for
     ``task.prompts()``."""
     judge = judge or load_style_judge()
-    nearest = (judge.embed(images) @ candidate_keys(task.candidates, judge).T).argmax(1).numpy()
+    nearest = (judge.embed(images) @ task_keys(task, judge).T).argmax(1).numpy()
     predicted = oracles.predict(images)
     result = {k: round(float((predicted[k] == getattr(task.scenes, k)).mean()), 4) for k in ("shape", "colour", "size")}
     result["style"] = round(float((task.candidate_ids[nearest] == task.style_ids).mean()), 4)
@@ -201,7 +206,7 @@ def autoencoder_report(transform: Callable[[np.ndarray], torch.Tensor], oracles:
 
     from .pretrain import to_tensor
 
-    result = {}
+    result, judge = {}, load_style_judge()
     for name in (space.SEEN, *space.HELD_OUT_FAMILIES):
         images, scenes, _ = family_renders(name, n, seed)
         recon = torch.cat([transform(images[i : i + 64]) for i in range(0, n, 64)])
@@ -211,6 +216,6 @@ def autoencoder_report(transform: Callable[[np.ndarray], torch.Tensor], oracles:
             **{f"original_{k}": round(float((original[k] == v).mean()), 4) for k, v in labels.items()},
             **{f"reconstruction_{k}": round(float((rebuilt[k] == v).mean()), 4) for k, v in labels.items()},
             "pixel_mse": round(F.mse_loss(recon, to_tensor(images)).item(), 5),
-            "style_retrieval": style_retrieval(transform, name, seed),
+            "style_retrieval": style_retrieval(transform, name, seed, judge),
         }
     return result
