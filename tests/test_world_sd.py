@@ -180,6 +180,29 @@ def test_ip_adapter_stage_saves_h94s_layout_that_load_ip_adapter_and_instantstyl
     output = style("a large red circle", style_png, blocks="style", content_prompt="a blue star", steps=2)
     assert output.images[0].size == (64, 64) and output.settings["block_keys"] == ["up_blocks.1"]
 
+    # a later stage continues this adapter (extra.init); lr 0 keeps it, so the saved file comes back unchanged
+    again = shapes_sd / "ip-again"
+    again.mkdir()
+    extra = {**extra, "init": str(out), "style_caption_prob": 0.5}
+    train_ip_adapter(tiny("ip-adapter", steps=2, lr=0.0, extra=extra), again, False, sd, None, NO_ORACLES)
+    continued = load_file(again / "ip-adapter" / IP_ADAPTER_WEIGHTS)
+    assert continued.keys() == weights.keys() and all(torch.equal(continued[k], weights[k]) for k in weights)
+
+
+def test_ip_adapter_captions_without_style_name_only_the_content():
+    from stylecraft.world.train_sd_adapters import without_style
+
+    captions = ["a small red circle in the top left in pastel style", "a large blue star in hatched fill style"]
+    assert without_style(captions, torch.tensor([False, True])) == ["a small red circle in the top left", captions[1]]
+
+
+def test_ip_adapter_init_must_name_a_run_with_an_adapter(tmp_path):
+    from stylecraft.errors import StylecraftError
+    from stylecraft.world.train_sd_adapters import earlier_ip_adapter
+
+    with pytest.raises(StylecraftError, match="extra.init"):
+        earlier_ip_adapter(str(tmp_path))
+
 
 def test_controlnet_stage_saves_a_controlnet_the_controlnet_pipeline_loads(shapes_sd):
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline

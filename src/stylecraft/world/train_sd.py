@@ -167,6 +167,7 @@ def train_sd_vae(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None
     else:
         vae = build_vae(recipe.model)
     kl_weight = recipe.extra.get("kl_weight", 1e-6)
+    lowpass_weight = recipe.extra.get("lowpass_weight", 0.0)
     # "decoder": the encoder (so the latent space a UNet was trained on) stays as it is; the decoder learns on
     train = recipe.extra.get("train", "all")
     if train not in ("all", "decoder"):
@@ -181,10 +182,12 @@ def train_sd_vae(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None
         with torch.set_grad_enabled(not frozen):
             posterior = vae.encode(x).latent_dist
         reconstruction = vae.decode(posterior.sample(step_generator(recipe.seed, step))).sample.float()
-        error = (reconstruction - x).square() + 0.5 * (reconstruction - x).abs()
+        error = ((reconstruction - x).square() + 0.5 * (reconstruction - x).abs()).mean()
+        if lowpass_weight:  # the colours of 4×4 patches, which a per-pixel loss lets drift while edges dominate it
+            error = error + lowpass_weight * (F.avg_pool2d(reconstruction, 4) - F.avg_pool2d(x, 4)).square().mean()
         # SD's ratio: reconstruction summed over pixels, KL summed over latents × kl_weight (1e-6); both / pixels here.
         kl = posterior.kl().mean() / x[0].numel()
-        return error.mean() + kl_weight * kl, {"kl": round(kl.item(), 4)}
+        return error + kl_weight * kl, {"kl": round(kl.item(), 4)}
 
     trainable = [p for p in vae.parameters() if p.requires_grad]
     wall, history = train_loop(recipe, out, {"vae": vae}, trainable, step_fn, resume)

@@ -75,6 +75,26 @@ def initial_ip_adapter(unet, image_embed_dim: int) -> dict[str, dict[str, torch.
     }
 
 
+def without_style(captions: list[str], keep: torch.Tensor) -> list[str]:
+    """Captions that name only the content where ``keep`` is False ("a large red circle in <style> style" becomes
+    "a large red circle"), as most alt-text names what a picture shows and not how it is drawn."""
+    return [text if kept else text[: text.rindex(" in ")] for text, kept in zip(captions, keep.tolist(), strict=True)]
+
+
+def earlier_ip_adapter(path: str) -> dict[str, dict[str, torch.Tensor]]:
+    """An earlier run's adapter (``extra.init``: its run folder) in ``initial_ip_adapter``'s nested layout."""
+    from safetensors.torch import load_file
+
+    weights = Path(path) / "ip-adapter" / IP_ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise StylecraftError(f"extra.init: no {weights}; name an ip-adapter run's output folder")
+    flat, nested = load_file(weights), {"image_proj": {}, "ip_adapter": {}}
+    for key, value in flat.items():
+        group, name = key.split(".", 1)
+        nested[group][name] = value
+    return nested
+
+
 def ip_adapter_state_dict(unet) -> dict[str, torch.Tensor]:
     """The IP-Adapter loaded in ``unet`` back in h94's flat layout (diffusers' loader renames ``proj`` to
     ``image_embeds`` and numbers the processors 1, 3, 5, ... in ``attn_processors`` order; this undoes both)."""
@@ -97,7 +117,10 @@ def train_ip_adapter(
     parts, unet, clip = LatentDiffusion.from_pipeline(pipe), pipe.unet, clip_folder(clip)
     image_encoder = image_tower(clip)
     torch.manual_seed(recipe.seed)
-    adapter = initial_ip_adapter(unet, image_encoder.config.projection_dim)
+    if "init" in recipe.extra:
+        adapter = earlier_ip_adapter(recipe.extra["init"])
+    else:
+        adapter = initial_ip_adapter(unet, image_encoder.config.projection_dim)
     pipe.load_ip_adapter(
         [adapter], subfolder=[""], weight_name=[""], image_encoder_folder=None, low_cpu_mem_usage=False
     )
@@ -105,12 +128,16 @@ def train_ip_adapter(
         {"image_proj": unet.encoder_hid_proj, "ip_layers": torch.nn.ModuleList(ip_adapter_processors(unet).values())}
     ).requires_grad_(True)
     drop_prob = recipe.extra.get("drop_prob", 0.05)
+    # Captions that name the style make the image prompt redundant: the adapter then learns to add nothing.
+    style_caption_prob = recipe.extra.get("style_caption_prob", 1.0)
 
     def step_fn(step):
         batch = space.recipe_batch(recipe.extra, recipe.batch_size, recipe.seed, step, renderer.SEEN_STYLES)
         images, captions = batch.images, batch.captions
         generator = step_generator(recipe.seed, step)
         noisy, timesteps, target = parts.noised(images, generator)
+        if style_caption_prob < 1.0:
+            captions = without_style(captions, torch.rand(len(images), generator=generator) < style_caption_prob)
         with torch.no_grad():
             image_embeds = image_encoder(pixel_values=to_tensor(images) * 2 - 1).image_embeds  # [n, D]
         # The official script's dropout: one draw per sample; image only, text only, both (5 % each by default).
