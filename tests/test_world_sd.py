@@ -207,6 +207,7 @@ def test_ip_adapter_init_must_name_a_run_with_an_adapter(tmp_path):
 def test_controlnet_stage_saves_a_controlnet_the_controlnet_pipeline_loads(shapes_sd):
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
+    from stylecraft.errors import StylecraftError
     from stylecraft.instantstyle import canny_edges
     from stylecraft.world.train_sd_adapters import train_controlnet
 
@@ -224,6 +225,17 @@ def test_controlnet_stage_saves_a_controlnet_the_controlnet_pipeline_loads(shape
     edges = canny_edges(Image.fromarray(renderer.render_batch(1, 3)[0][0]))
     image = pipe("a large red circle", image=edges, num_inference_steps=2).images[0]
     assert image.size == (64, 64)
+
+    # a later stage continues it (extra.init); lr 0 keeps its weights; a folder without one is refused
+    again = shapes_sd / "controlnet-again"
+    again.mkdir()
+    train_controlnet(
+        tiny("controlnet", steps=2, lr=0.0, extra={**extra, "init": str(out)}), again, False, sd, NO_ORACLES
+    )
+    continued = ControlNetModel.from_pretrained(again / "controlnet", local_files_only=True).state_dict()
+    assert all(torch.equal(value, continued[key]) for key, value in controlnet.state_dict().items())
+    with pytest.raises(StylecraftError, match="extra.init: no ControlNet"):
+        train_controlnet(tiny("controlnet", steps=2, extra={**extra, "init": str(sd)}), again, False, sd, NO_ORACLES)
 
 
 def test_stages_refuse_missing_inputs_and_bad_sizes_with_one_line(tmp_path):

@@ -216,7 +216,13 @@ def train_controlnet(recipe: Recipe, out: Path, resume: bool, sd_folder: Path, o
             f"latents' {renderer.SIZE // 2 ** (levels - 1)}×{renderer.SIZE // 2 ** (levels - 1)}), got {channels}"
         )
     torch.manual_seed(recipe.seed)
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=tuple(channels))
+    if "init" in recipe.extra:  # continue an earlier run's ControlNet (its run folder), e.g. on a UNet trained on
+        earlier = Path(recipe.extra["init"]) / "controlnet"
+        if not (earlier / "config.json").is_file():
+            raise StylecraftError(f"extra.init: no ControlNet in {earlier}; name a controlnet run's output folder")
+        controlnet = ControlNetModel.from_pretrained(earlier, local_files_only=True)
+    else:
+        controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=tuple(channels))
     empty_prompt_prob = recipe.extra.get("empty_prompt_prob", 0.5)
 
     def step_fn(step):
