@@ -23,14 +23,14 @@ def test_bad_settings_are_one_line_and_write_nothing(tmp_path, capsys, extra, me
 
 
 def test_markdown_has_one_row_per_method_in_order():
-    metrics = {"style_match": 0.5, "content": 0.25, "leakage": 0.125, "text_score": 0.8, "first_image_seconds": 12.0}
+    metrics = {"style_match": 0.5, "style_rank": 0.75, "content": 0.25, "leakage": 0.125, "text_score": 0.8}
     results = {
         "families": ["halftone", "duotone"],
         "images_per_family": 3,
-        "mean": {row: {**metrics, "seconds_per_image": 0.5} for row in ROWS},
+        "mean": {row: {**metrics, "first_image_seconds": 12.0, "seconds_per_image": 0.5} for row in ROWS},
     }
     lines = comparison_markdown(results).splitlines()
     assert "6 images per row" in lines[0]
     body = [line for line in lines if line.startswith("| ") and not line.startswith("| method")]
     assert [line.split(" | ")[0].removeprefix("| ") for line in body] == list(ROWS)
-    assert body[0].endswith("| 0.50 | 0.25 | 0.12 | 0.800 | 12.0 | 0.50 |")
+    assert body[0].endswith("| 0.50 | 0.75 | 0.25 | 0.12 | 0.800 | 12.0 | 0.50 |")

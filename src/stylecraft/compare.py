@@ -31,7 +31,7 @@ INSTANTSTYLE_ROWS: dict[str, dict] = {
 }
 STYLEDROP_ROWS = ("StyleDrop Round 1 (Muse-mini)", "StyleDrop Round 2, CLIP feedback (Muse-mini)")
 ROWS = (*INSTANTSTYLE_ROWS, *STYLEDROP_ROWS)
-KEYS = ("style_match", "content", "leakage", "text_score", "first_image_seconds", "seconds_per_image")
+KEYS = ("style_match", "style_rank", "content", "leakage", "text_score", "first_image_seconds", "seconds_per_image")
 
 
 def _pixels(images: list[Image.Image]) -> np.ndarray:
@@ -168,15 +168,16 @@ def comparison_markdown(results: dict) -> str:
     lines = [
         f"Held-out families: {', '.join(results['families'])}; {results['images_per_family']} prompts each "
         f"({n} images per row). Style match: retrieval of the reference's style among 50 held-out styles (chance "
-        "0.02); content: shape and colour as asked; leakage: the reference's shape or colour instead.",
+        "0.02); style rank: the share of the 49 other styles the reference's is nearer than (chance 0.50); content: "
+        "shape and colour as asked; leakage: the reference's shape or colour instead.",
         "",
-        "| method | style match | content | leakage | CLIP text | s to first image | s per image |",
-        "|---|---|---|---|---|---|---|",
+        "| method | style match | style rank | content | leakage | CLIP text | s to first image | s per image |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row, m in results["mean"].items():
         lines.append(
-            f"| {row} | {m['style_match']:.2f} | {m['content']:.2f} | {m['leakage']:.2f} | {m['text_score']:.3f} | "
-            f"{m['first_image_seconds']:.1f} | {m['seconds_per_image']:.2f} |"
+            f"| {row} | {m['style_match']:.2f} | {m['style_rank']:.2f} | {m['content']:.2f} | {m['leakage']:.2f} | "
+            f"{m['text_score']:.3f} | {m['first_image_seconds']:.1f} | {m['seconds_per_image']:.2f} |"
         )
     return "\n".join(lines) + "\n"
 

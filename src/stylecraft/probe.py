@@ -20,10 +20,10 @@ Every configuration draws the same prompts from the same seed and reuses one enc
 so two configurations differ only in which IP-Adapter processors are on; configurations that turn on the same
 processors (a block with a single attention and that attention) are drawn once.
 
-Judges score each image (``Judge``): in the shapes world the style judge's retrieval among 50 held-out styles and the
-oracles' shape and colour (``world.space_eval``); on real models CLIP: the style score (image-image cosine with the
-reference), the text score of the prompt, and the text score of ``--reference-content`` (what the reference shows)
-as leakage.
+Judges score each image (``Judge``): in the shapes world the style judge's rank of the reference's style among 50
+held-out styles, and the oracles' shape and colour (``world.space_eval``); on real models CLIP: the style score
+(image-image cosine with the reference), the text score of the prompt, and the text score of
+``--reference-content`` (what the reference shows) as leakage.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from .instantstyle import (
 from .io import load_image, make_grid, output_dir, save_png, to_pil_images, write_json
 from .validation import MAX_IMAGES, check_fields, integer, optional, real
 from .world import renderer, space
-from .world.space_eval import REFERENCE, candidate_keys, family_task
+from .world.space_eval import REFERENCE, candidate_keys, family_task, style_rank
 
 VERDICT_SHARE = 0.25  # a block "moves" style (or content) when it gives at least this share of all blocks' effect
 PROBE_FLAGS = {
@@ -97,11 +97,12 @@ class WorldJudge:
     keys: dict[str, torch.Tensor] = field(default_factory=dict)  # each task's candidate keys, computed once
 
     def style(self, images: torch.Tensor, task: ProbeTask) -> torch.Tensor:
-        """1 where the style judge retrieves the reference's style (candidate 0) among the task's 50 candidates."""
+        """``space_eval.style_rank``: the share of the task's 49 other candidate styles that the reference's style
+        (candidate 0) is nearer than, per image (0.5 by chance, 1 when retrieved). Top-1 retrieval stays at 0 for a
+        block that moves the palette and ground but not the texture; the rank shows that move."""
         if task.name not in self.keys:
             self.keys[task.name] = candidate_keys(task.family.candidates, self.style_judge)
-        nearest = (self.style_judge.embed(images) @ self.keys[task.name].T).argmax(1)  # [n]
-        return (nearest == 0).float()
+        return style_rank(self.style_judge.embed(images) @ self.keys[task.name].T)
 
     def content(self, images: torch.Tensor, task: ProbeTask) -> torch.Tensor:
         """1 where the oracles read both the asked shape and the asked colour."""
