@@ -374,14 +374,14 @@ def run_cli(args) -> int:
             # Started as a background job of a shell (`stylecraft ui ... &`), which ignores Ctrl-C for its jobs and
             # so for Python too: then `kill -INT` or a later Ctrl-C would never stop the server, as promised below.
             signal.signal(signal.SIGINT, signal.default_int_handler)
-        # flushed: with stdout a file or a pipe (`stylecraft ui > log`) the line would wait in the buffer until exit
-        print(
-            f"feedback studio for {studio.root}: {server.url}  (Ctrl-C to stop; picks are saved on every click)",
-            flush=True,
-        )
-        if args.open:
-            webbrowser.open(server.url)
-        try:
+        try:  # from the printed URL on, Ctrl-C is a clean stop (one that came before serve_forever exited 130)
+            # flushed: with stdout a file or a pipe (`stylecraft ui > log`) the line would wait in the buffer until exit
+            print(
+                f"feedback studio for {studio.root}: {server.url}  (Ctrl-C to stop; picks are saved on every click)",
+                flush=True,
+            )
+            if args.open:
+                webbrowser.open(server.url)
             server.serve_forever()
         except KeyboardInterrupt:
             print("stopped")
