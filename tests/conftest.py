@@ -91,3 +91,16 @@ def image():
     from PIL import Image
 
     return Image.fromarray((np.random.RandomState(0).rand(8, 8, 3) * 255).astype("uint8"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): two threads of
+    tiny models on a shared 2-core machine spin against the other processes (test_world_sd's fixture took 86 s with
+    two threads, 26 s with one, imports included)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

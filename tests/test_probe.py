@@ -31,13 +31,7 @@ FAST = ProbeConfig(images_per_block=2, steps=2)
 shapes_sd = test_world_sd.shapes_sd  # its module fixture: a tiny shapes-sd trained 3 steps a stage
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: the machine's other core belongs to other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

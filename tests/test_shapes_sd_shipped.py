@@ -5,20 +5,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from stylecraft import instantstyle
 from stylecraft.world import WEIGHTS
 from stylecraft.world.space_eval import family_task
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

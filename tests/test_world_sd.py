@@ -25,14 +25,7 @@ UNET_EXTRA = {"empty_prompt_prob": 0.1, "eval": {"images": 2, "steps": 2, "guida
 NO_EVAL = {"empty_prompt_prob": 0.1, "eval": {"images": 0}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: two threads of tiny models on this shared 2-core machine spin against the other processes
-    (the fixture's two stages took 86 s with two threads, 26 s with one, imports included)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(name: str, **overrides):
