@@ -198,8 +198,7 @@ def measure_prompted(
     """Shape, colour, size (oracles) and style (the asked style retrieved among the candidates) of images made for
     ``task.prompts()``."""
     judge = judge or load_style_judge()
-    similarity = judge.embed(images) @ task_keys(task, judge).T  # [n, CANDIDATES]; candidate 0 is the reference's
-    nearest = similarity.argmax(1).numpy()
+    nearest = (judge.embed(images) @ task_keys(task, judge).T).argmax(1).numpy()
     predicted = oracles.predict(images)
     result = {k: round(float((predicted[k] == getattr(task.scenes, k)).mean()), 4) for k in ("shape", "colour", "size")}
     result["style"] = round(float((task.candidate_ids[nearest] == task.style_ids).mean()), 4)

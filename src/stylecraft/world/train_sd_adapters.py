@@ -216,7 +216,7 @@ def train_controlnet(recipe: Recipe, out: Path, resume: bool, sd_folder: Path, o
             f"latents' {renderer.SIZE // 2 ** (levels - 1)}×{renderer.SIZE // 2 ** (levels - 1)}), got {channels}"
         )
     torch.manual_seed(recipe.seed)
-    if "init" in recipe.extra:  # continue an earlier run's ControlNet (its run folder), e.g. on a UNet trained on
+    if "init" in recipe.extra:  # continue an earlier run's ControlNet (its run folder) on a UNet trained further
         earlier = Path(recipe.extra["init"]) / "controlnet"
         if not (earlier / "config.json").is_file():
             raise StylecraftError(f"extra.init: no ControlNet in {earlier}; name a controlnet run's output folder")
