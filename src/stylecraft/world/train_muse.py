@@ -10,7 +10,7 @@ import torch
 from ..errors import StylecraftError
 from ..io import write_json
 from . import RECIPES as TRAIN_RECIPES
-from . import SAMPLING, renderer
+from . import SAMPLING, renderer, space
 from .oracles import Oracles, oracle_accuracy
 from .pretrain import EVAL_SEED, LINEAGE, Recipe, evaluation_oracles, finish, to_tensor, train_loop
 from .ship import _shipped_lineage
@@ -113,26 +113,43 @@ def train_muse(recipe: Recipe, out: Path, resume: bool, vq_dir: Path, clip_dir: 
 
     # Token cache: VQ-encoding is the costly part, so a pool of seen-style scenes is tokenized once (in chunks as
     # training reaches them) and revisited; captions are re-encoded per batch by the (tiny) frozen text encoder.
+    # ``extra.data: "space"`` (world v2): each chunk is ``space.mixed_batch``'s, the space's seen styles with a share
+    # ``extra.named_fraction`` of named seen ones, captions naming each style by its descriptor.
     pool_size = recipe.extra.get("pool_size", 50_000)
-    rng = np.random.default_rng(recipe.seed)
-    pool_scenes = muse_pool(pool_size, rng, recipe.extra.get("small_fraction"))
-    pool_captions = pool_scenes.captions()
-    side = transformer.config.sample_size
-    pool_tokens = torch.full((pool_size, side, side), -1)
+    chunk = 1024
+    on_space = recipe.extra.get("data", "named") == "space"
     # Tokens on the shape's outline decide which shape is drawn, yet a small shape has a handful of them among 64;
     # ``outline_weight`` > 1 weighs their loss up (1: Muse's plain masked-token mean).
     outline_weight = float(recipe.extra.get("outline_weight", 1.0))
+    if on_space and (outline_weight != 1.0 or recipe.extra.get("small_fraction") is not None):
+        raise StylecraftError(
+            "extra.outline_weight and extra.small_fraction work on the named-style pool (v1); a run with extra.data "
+            "'space' draws mixed batches: leave both out"
+        )
+    if on_space and pool_size % chunk:
+        raise StylecraftError(f"extra.pool_size must be a multiple of {chunk} with extra.data 'space', got {pool_size}")
+    rng = np.random.default_rng(recipe.seed)
+    pool_scenes = None if on_space else muse_pool(pool_size, rng, recipe.extra.get("small_fraction"))
+    pool_captions = [""] * pool_size if on_space else pool_scenes.captions()
+    side = transformer.config.sample_size
+    pool_tokens = torch.full((pool_size, side, side), -1)
     pool_outline = torch.zeros((pool_size, side, side), dtype=torch.bool)
-    chunk = 1024
 
     def tokens_for(idx: np.ndarray) -> torch.Tensor:
         for start in np.unique(idx // chunk) * chunk:
-            if pool_tokens[start, 0, 0] < 0:
+            if pool_tokens[start, 0, 0] >= 0:
+                continue
+            if on_space:
+                share = recipe.extra.get("named_fraction", 0.25)
+                batch = space.mixed_batch(chunk, [recipe.seed, 7, start // chunk], share)
+                images, pool_captions[start : start + chunk] = batch.images, batch.captions
+            else:
                 part = renderer.Scenes(**{k: v[start : start + chunk] for k, v in pool_scenes.labels().items()})
-                pool_tokens[start : start + chunk] = model.encode_images(to_tensor(renderer.render(part, start)))
+                images = renderer.render(part, start)
                 if outline_weight != 1.0:
                     outline = renderer.outline_tokens(part, start, patch=renderer.SIZE // side)
                     pool_outline[start : start + chunk] = torch.from_numpy(outline)
+            pool_tokens[start : start + chunk] = model.encode_images(to_tensor(images))
         return pool_tokens[idx]
 
     drop = recipe.extra.get("empty_prompt_prob", 0.1)  # empty prompts so classifier-free guidance works
@@ -164,23 +181,24 @@ def train_muse(recipe: Recipe, out: Path, resume: bool, vq_dir: Path, clip_dir: 
         recipe,
         wall,
         history,
-        evaluate_muse(out / "muse", evaluation_oracles(oracles), recipe.extra.get("eval", {})),
+        evaluate_muse(out / "muse", evaluation_oracles(oracles), recipe.extra.get("eval", {}), on_space),
     )
 
 
-def evaluate_muse(folder: Path, oracles: Oracles, settings: dict) -> dict:
-    """Oracle accuracy of CFG samples on fresh prompts of seen styles (and, for reference, held-out styles)."""
+def evaluate_muse(folder: Path, oracles: Oracles, settings: dict, on_space: bool = False) -> dict:
+    """Oracle accuracy of CFG samples on fresh prompts of seen styles (and, for reference, held-out styles); with
+    ``on_space`` also prompts naming the space's styles (``space_eval.measure_prompted``: shape, colour and size by
+    the space oracles, style by the asked style's retrieval among 50)."""
 
     from ..muse import load_muse
 
     pipe = load_muse(str(folder)).reference_pipeline()
     n, steps, guidance = settings.get("images", 128), settings.get("steps", 12), settings.get("guidance", 5.0)
     result = {"sampler": {"steps": steps, "guidance_scale": guidance, "images": n}}
-    for group, styles in (("seen", renderer.SEEN_STYLES), ("held_out", renderer.HELD_OUT_STYLES)):
-        scenes = renderer.sample_scenes(n, np.random.default_rng(EVAL_SEED), styles)
-        prompts = scenes.captions()
+
+    def draw(prompts: list[str]) -> torch.Tensor:
         images = []
-        for i in range(0, n, 32):
+        for i in range(0, len(prompts), 32):
             output = pipe(
                 prompts[i : i + 32],
                 num_inference_steps=steps,
@@ -189,9 +207,19 @@ def evaluate_muse(folder: Path, oracles: Oracles, settings: dict) -> dict:
                 output_type="pt",
             )
             images.append(output.images)
-        result[group] = {
-            k: round(v, 4) for k, v in oracle_accuracy(oracles, torch.cat(images), scenes.labels()).items()
-        }
+        return torch.cat(images)
+
+    for group, styles in (("seen", renderer.SEEN_STYLES), ("held_out", renderer.HELD_OUT_STYLES)):
+        scenes = renderer.sample_scenes(n, np.random.default_rng(EVAL_SEED), styles)
+        accuracy = oracle_accuracy(oracles, draw(scenes.captions()), scenes.labels())
+        result[group] = {k: round(v, 4) for k, v in accuracy.items()}
+    if on_space:
+        from .space_eval import load_space_oracles, measure_prompted, prompted_task
+
+        space_oracles, result["space"] = load_space_oracles(), {}
+        for group, held_out in (("seen", False), ("held_out", True)):
+            task = prompted_task(n, EVAL_SEED, held_out)
+            result["space"][group] = measure_prompted(draw(task.prompts()), task, space_oracles)
     return result
 
 

@@ -57,7 +57,28 @@ def train_vq(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None:
             f"(px), got {edge_weight}, {fill_weight}, {pooled_weight} and {edge_width}; a weight of 0 turns that "
             "term off"
         )
-    data = renderer.stream_with_edges(recipe.batch_size, recipe.seed, edges=edge_weight > 0 or fill_weight > 0)
+    # ``extra.data: "space"`` (world v2): batch ``step`` is ``space.recipe_batch``'s, the space's seen styles plus a
+    # share of the named ones, drawn from (seed, step) so a resumed run continues the stream. Edge and fill weights
+    # need the v1 stream's distance fields, so a space run weighs regions with ``pooled_weight`` instead.
+    on_space = recipe.extra.get("data", "named") == "space"
+    if on_space and (edge_weight or fill_weight):
+        raise StylecraftError(
+            "extra.edge_weight and extra.fill_weight need the named-style stream's distance fields; a run with "
+            "extra.data 'space' takes extra.pooled_weight instead (set the other two to 0)"
+        )
+    if on_space:
+        from . import space
+
+        def batch_for(step):
+            return space.recipe_batch(recipe.extra, recipe.batch_size, recipe.seed, step).images, None
+
+    else:
+        stream = renderer.stream_with_edges(recipe.batch_size, recipe.seed, edges=edge_weight > 0 or fill_weight > 0)
+
+        def batch_for(step):
+            images, _, distance = next(stream)
+            return images, distance
+
     restart_every = recipe.extra.get("restart_dead_codes_every", 100)
     # ``extra.train: "decoder"`` trains the decoder alone on frozen codes: every image keeps its tokens, so a Muse
     # trained on this VQ's tokens stays valid and only draws its tokens better. ``"encoder"`` trains the encoder alone
@@ -88,15 +109,15 @@ def train_vq(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None:
         return (error * weight).sum() / (weight.sum() * x.shape[1]) + pooled
 
     def step_fn(step):
-        images, _, distance = next(data)
+        images, distance = batch_for(step)
         x = to_tensor(images)
-        latents = vq.encode(x).latents.float()  # [n, c, 8, 8]; float32 also under a bf16 recipe
+        latents = vq.encode(x).latents.float()  # [n, c, h, w]; float32 also under a bf16 recipe
         if step < autoencoder_steps:
             reconstruction = vq.decoder(vq.post_quant_conv(latents)).float()
             return reconstruction_loss(reconstruction, x, distance), {"phase": "autoencoder"}
         with torch.autocast("cpu", enabled=False):  # nearest codes in float32: bfloat16 distances pick wrong codes
             if step == autoencoder_steps and autoencoder_steps:
-                codebook = codebook_kmeans(vq, recipe.seed, vq.config.num_vq_embeddings)
+                codebook = codebook_kmeans(vq, recipe.seed, vq.config.num_vq_embeddings, on_space)
                 vq.quantize.embedding.weight.data.copy_(codebook)
             quantized, commit_loss, (_, _, indices) = vq.quantize(latents)
         reconstruction = vq.decoder(vq.post_quant_conv(quantized)).float()
@@ -117,13 +138,29 @@ def train_vq(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None:
     wall, history = train_loop(recipe, out, {"vq": vq}, trained, step_fn, resume)
     vq.save_pretrained(out / "vqvae")
     vq = WorldVQModel.from_pretrained(out / "vqvae", local_files_only=True).eval()
-    finish(out, "vq", recipe, wall, history, evaluate_vq(vq, evaluation_oracles(oracles), recipe.eval_images))
+    metrics = evaluate_vq(vq, evaluation_oracles(oracles), recipe.eval_images)
+    if on_space:  # per family of the space, held-out ones included (the VQ never saw those)
+        from .space_eval import autoencoder_report, load_space_oracles
+
+        with torch.no_grad():
+            metrics["space"] = autoencoder_report(
+                lambda x: reconstruct(vq, x), load_space_oracles(), recipe.eval_images, EVAL_SEED
+            )
+    finish(out, "vq", recipe, wall, history, metrics)
 
 
 @torch.no_grad()
-def codebook_kmeans(vq, seed: int, codes: int, images: int = 512, iterations: int = 20) -> torch.Tensor:
-    """``codes`` k-means centres of the encoder's latent vectors on ``images`` fresh renders (seeded)."""
-    rendered, _ = renderer.render_batch(images, seed + 7_777)
+def codebook_kmeans(
+    vq, seed: int, codes: int, on_space: bool = False, images: int = 512, iterations: int = 20
+) -> torch.Tensor:
+    """``codes`` k-means centres of the encoder's latent vectors on ``images`` fresh renders (seeded): of the named
+    styles, or with ``on_space`` of the space's seen styles and a quarter named ones."""
+    if on_space:
+        from .space import mixed_batch
+
+        rendered = mixed_batch(images, seed + 7_777).images
+    else:
+        rendered, _ = renderer.render_batch(images, seed + 7_777)
     latents = torch.cat([vq.encode(to_tensor(rendered[i : i + 128])).latents for i in range(0, images, 128)])
     flat = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
     generator = torch.Generator().manual_seed(seed)
