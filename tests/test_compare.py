@@ -12,6 +12,7 @@ from stylecraft.compare import ROWS, comparison_markdown
         (["--family", "sepia"], "unknown held-out family ['sepia']"),
         (["--images", "0"], "--images must be at least 1"),
         (["--families", "0"], "unknown held-out families (none)"),
+        (["--methods", "dreambooth"], "--methods must be one of all, styledrop, instantstyle, got 'dreambooth'"),
     ],
 )
 def test_bad_settings_are_one_line_and_write_nothing(tmp_path, capsys, extra, message):
@@ -20,6 +21,13 @@ def test_bad_settings_are_one_line_and_write_nothing(tmp_path, capsys, extra, me
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not out.exists()
+
+
+def test_styledrop_alone_is_its_table_2_on_the_families():
+    from stylecraft.compare import METHODS, STYLEDROP_ROWS
+
+    assert METHODS["styledrop"] == STYLEDROP_ROWS and STYLEDROP_ROWS[0].startswith("prompt only")
+    assert set(METHODS["styledrop"]) | set(METHODS["instantstyle"]) == set(METHODS["all"])
 
 
 def test_markdown_has_one_row_per_method_in_order():

@@ -1,6 +1,7 @@
 """StyleDrop against InstantStyle on the style space's held-out families: one table, the same references and prompts.
 
-    stylecraft compare-methods --out DIR [--families 3] [--images 22]
+    stylecraft compare-methods --out DIR [--families 3] [--images 22] [--methods all|styledrop|instantstyle]
+                               [--muse-model FOLDER]
 
 For each held-out family (``world.space_eval.family_task``): its reference image (a large red circle in a member
 style the models never saw) and prompts that ask for other shapes and colours. InstantStyle runs on ``shapes-sd``
@@ -29,8 +30,13 @@ INSTANTSTYLE_ROWS: dict[str, dict] = {
     "InstantStyle, style blocks + content subtraction": {"blocks": "style", "content_prompt": REFERENCE_CONTENT},
     "InstantStyle, + subtraction + precise": {"blocks": "style", "content_prompt": REFERENCE_CONTENT, "precise": True},
 }
-STYLEDROP_ROWS = ("StyleDrop Round 1 (Muse-mini)", "StyleDrop Round 2, CLIP feedback (Muse-mini)")
+STYLEDROP_ROWS = (
+    "prompt only (Muse-mini, descriptor)",
+    "StyleDrop Round 1 (Muse-mini)",
+    "StyleDrop Round 2, CLIP feedback (Muse-mini)",
+)
 ROWS = (*INSTANTSTYLE_ROWS, *STYLEDROP_ROWS)
+METHODS = {"all": ROWS, "styledrop": STYLEDROP_ROWS, "instantstyle": tuple(INSTANTSTYLE_ROWS)}
 KEYS = ("style_match", "style_rank", "content", "leakage", "text_score", "first_image_seconds", "seconds_per_image")
 
 
@@ -55,7 +61,10 @@ def _instantstyle_rows(style, task, steps: int, guidance: float) -> dict[str, tu
 
 
 def _styledrop_rows(muse, task, folder: Path, config) -> dict[str, tuple[list[Image.Image], list[float]]]:
-    """StyleDrop Round 1 on the reference, and Round 2 on its CLIP-picked outputs; seconds: training first."""
+    """Muse-mini with the descriptor prompt alone (its CFG, no adapter), StyleDrop Round 1 on the reference, and
+    Round 2 on its CLIP-picked outputs; seconds: training first."""
+    from dataclasses import replace
+
     from .evaluation import generate
     from .feedback import SHAPES_WORLD_CONTENT, generate_candidates, select, train_round
     from .training import load_recipe, train_adapter
@@ -63,6 +72,10 @@ def _styledrop_rows(muse, task, folder: Path, config) -> dict[str, tuple[list[Im
 
     descriptor = space.describe(task.style_id)
     prompts = task.prompts(with_style=True)
+    began = time.perf_counter()
+    images, _ = generate(muse, prompts, 1, replace(config, lambda_a=None))  # Muse CFG alone
+    drawing = (time.perf_counter() - began) / len(images)
+    drawn = {STYLEDROP_ROWS[0]: (images, [drawing] * len(images))}
     began = time.perf_counter()
     round1 = train_adapter(
         muse,
@@ -76,7 +89,7 @@ def _styledrop_rows(muse, task, folder: Path, config) -> dict[str, tuple[list[Im
     began = time.perf_counter()
     images, _ = generate(muse, prompts, 1, config, model=round1, adapter="adapter")
     drawing = (time.perf_counter() - began) / len(images)
-    drawn = {STYLEDROP_ROWS[0]: (images, [trained + drawing] + [drawing] * (len(images) - 1))}
+    drawn[STYLEDROP_ROWS[1]] = (images, [trained + drawing] + [drawing] * (len(images) - 1))
     began = time.perf_counter()
     round_dir = folder / "round2"
     feedback_prompts = [f"{content} in {descriptor} style" for content in SHAPES_WORLD_CONTENT]
@@ -86,7 +99,7 @@ def _styledrop_rows(muse, task, folder: Path, config) -> dict[str, tuple[list[Im
     began = time.perf_counter()
     images, _ = generate(muse, prompts, 1, config, model=round2, adapter="adapter")
     drawing = (time.perf_counter() - began) / len(images)
-    drawn[STYLEDROP_ROWS[1]] = (images, [trained + drawing] + [drawing] * (len(images) - 1))
+    drawn[STYLEDROP_ROWS[2]] = (images, [trained + drawing] + [drawing] * (len(images) - 1))
     return drawn
 
 
@@ -99,9 +112,12 @@ def run_comparison(
     steps: int = 25,
     guidance: float = 3.0,
     overwrite: bool = False,
+    methods: str = "all",
 ) -> dict:
-    """The table for ``families`` (a count of held-out families, in order, or their names), ``images`` prompts each;
-    writes results.json, table.md and grids/<row>.png (one row of images per family) into ``out``."""
+    """The table for ``families`` (a count of held-out families, in order, or their names), ``images`` prompts each,
+    of the rows ``methods`` names ("all", "styledrop": its Table 2 on the families, "instantstyle"); writes
+    results.json, table.md and grids/<row>.png (one row of images per family) into ``out``. ``muse_model``: the
+    Muse folder StyleDrop trains on (default: the shipped Muse-mini)."""
     from .api import load
     from .evaluation import GUIDANCE, LAMBDA_A
     from .instantstyle import load_instantstyle
@@ -121,15 +137,20 @@ def run_comparison(
         )
     if images < 1:
         raise StylecraftError(f"--images must be at least 1 (prompts per family), got {images}")
+    if methods not in METHODS:
+        raise StylecraftError(f"--methods must be one of {', '.join(METHODS)}, got {methods!r}")
+    rows = METHODS[methods]
     with output_dir(out, overwrite=overwrite) as folder:
-        style = load_instantstyle(sd_model)
-        muse, oracles, scorer, judge = load(muse_model), load_space_oracles(), load_scorer(), load_style_judge()
+        style = load_instantstyle(sd_model) if set(rows) & set(INSTANTSTYLE_ROWS) else None
+        muse = load(muse_model) if set(rows) & set(STYLEDROP_ROWS) else None
+        oracles, scorer, judge = load_space_oracles(), load_scorer(), load_style_judge()
         config = SamplingConfig(steps=12, guidance_scale=GUIDANCE, lambda_a=LAMBDA_A)
-        per_family, grids = {}, {row: [] for row in ROWS}
+        per_family, grids = {}, {row: [] for row in rows}
         for name in names:
             task = family_task(name, images)
-            drawn = _instantstyle_rows(style, task, steps, guidance)
-            drawn.update(_styledrop_rows(muse, task, folder / name.replace(" ", "-"), config))
+            drawn = _instantstyle_rows(style, task, steps, guidance) if style else {}
+            if muse is not None:
+                drawn.update(_styledrop_rows(muse, task, folder / name.replace(" ", "-"), config))
             contents = task.prompts(with_style=False)
             per_family[name] = {"style_id": task.style_id, "descriptor": space.describe(task.style_id), "rows": {}}
             for row, (pictures, seconds) in drawn.items():
@@ -141,13 +162,14 @@ def run_comparison(
                 grids[row].append([Image.fromarray(task.reference), *pictures[:8]])
         mean = {
             row: {key: round(float(np.mean([per_family[f]["rows"][row][key] for f in names])), 4) for key in KEYS}
-            for row in ROWS
+            for row in rows
         }
         results = {
             "families": names,
             "images_per_family": images,
-            "instantstyle": {"model": style.sources.get("model"), "steps": steps, "guidance": guidance},
-            "styledrop": {"model": muse.name, "guidance": GUIDANCE, "lambda_a": LAMBDA_A, "steps": 12},
+            "methods": methods,
+            "instantstyle": style and {"model": style.sources.get("model"), "steps": steps, "guidance": guidance},
+            "styledrop": muse and {"model": muse.name, "guidance": GUIDANCE, "lambda_a": LAMBDA_A, "steps": 12},
             "per_family": per_family,
             "mean": mean,
         }
@@ -188,6 +210,8 @@ def run_cli(args) -> int:
         families=args.family or args.families,
         images=args.images,
         sd_model=args.model,
+        muse_model=args.muse_model,
+        methods=args.methods,
         steps=args.steps,
         guidance=args.guidance,
         overwrite=args.overwrite,
@@ -201,7 +225,14 @@ def configure(parser) -> None:
     parser.add_argument("--families", type=int, default=3, help="how many held-out families, in order (default 3)")
     parser.add_argument("--family", action="append", default=None, help="a held-out family by name (repeatable)")
     parser.add_argument("--images", type=int, default=22, help="prompts (images) per family and row (default 22)")
+    parser.add_argument(
+        "--methods",
+        default="all",
+        help="the rows: all (default), styledrop (prompt only, Round 1, Round 2: StyleDrop's Table 2 on held-out "
+        "families) or instantstyle",
+    )
     parser.add_argument("--model", default=None, help="the SD model for InstantStyle (default: shapes-sd)")
+    parser.add_argument("--muse-model", default=None, help="the Muse folder StyleDrop trains on (default: Muse-mini)")
     parser.add_argument("--steps", type=int, default=25, help="InstantStyle denoising steps (default 25)")
     parser.add_argument("--guidance", type=float, default=3.0, help="InstantStyle CFG scale (default 3)")
     parser.add_argument("--out", required=True, help="output folder")
