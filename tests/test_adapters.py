@@ -232,6 +232,19 @@ def test_adapter_for_another_base_is_refused(muse, tmp_path):
         AdaptedTransformer(other).load_adapter(tmp_path / "ad")
 
 
+def test_adapter_of_another_token_grid_is_refused_by_name(muse, tmp_path):
+    # e.g. an adapter of the 8 x 8-token Muse-mini loaded on a 16 x 16 one: its layers could even fit
+    model = AdaptedTransformer(muse)
+    model.add_adapter("a", model.new_config("styledrop", rank=2))
+    model.save_adapter("a", tmp_path / "ad")
+    grid = muse.transformer.config.sample_size
+    assert json.loads((tmp_path / "ad" / "adapter_config.json").read_text())["token_grid"] == grid
+    other = build_random_muse("tiny", seed=0)
+    other.transformer.register_to_config(sample_size=2 * grid)
+    with pytest.raises(StylecraftError, match=f"trained on a {grid}x{grid} token grid .* draws {2 * grid}x"):
+        AdaptedTransformer(other).load_adapter(tmp_path / "ad")
+
+
 def test_adapter_on_other_weights_of_its_architecture_warns(muse, tmp_path, clip_tokenizer, caplog):
     # e.g. an adapter of an earlier shapes-model release: same architecture, other token embeddings and codebook
     model = AdaptedTransformer(muse)

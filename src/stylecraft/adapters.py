@@ -66,6 +66,7 @@ class AdapterConfig:
     base_weights: str = ""  # MuseModel.weights_fingerprint of that base (its token embeddings and VQ codebook)
     num_layers: int = 0  # transformer layers of the base
     hidden_size: int = 0  # transformer width D of the base
+    token_grid: int = 0  # side of the base's token grid (8: 64 px through an 8x VQ); 0: not recorded (older adapters)
     prompts: list[str] = field(default_factory=list)  # training prompts
     training: dict = field(default_factory=dict)  # resolved training settings
 
@@ -117,6 +118,13 @@ class StyleDropAdapter(nn.Module):
         return F.gelu(x @ self.extra_down[i]) @ self.extra_up[i]
 
 
+def _token_grid(transformer) -> int:
+    """The side of the token grid a Muse transformer draws: ``UVit2DModel``'s config ``sample_size`` (aMUSEd 256:
+    16; the shapes world's Muse-mini: 8); 0 where a config lacks it."""
+    size = getattr(transformer.config, "sample_size", 0)
+    return size if isinstance(size, int) else 0
+
+
 class AdaptedTransformer(nn.Module):
     """A frozen ``UVit2DModel`` plus named adapters; ``rows`` picks the adapter (or None = base) of each row."""
 
@@ -156,6 +164,7 @@ class AdaptedTransformer(nn.Module):
             base_weights=self.base_weights,
             num_layers=config.num_hidden_layers,
             hidden_size=config.hidden_size,
+            token_grid=_token_grid(self.transformer),
             **kwargs,
         )
 
@@ -238,6 +247,14 @@ class AdaptedTransformer(nn.Module):
                 f"adapter {name!r} is for a transformer of {config.num_layers} layers of width {config.hidden_size}, "
                 f"but this model's has {layers} of width {width}; load it with the model it was trained on "
                 f"(--model {config.base_model})"
+            )
+        grid = _token_grid(self.transformer)
+        if config.token_grid and grid and config.token_grid != grid:
+            # its layers may fit, but what it learned is where things are on another grid of image tokens
+            raise StylecraftError(
+                f"adapter {name!r} was trained on a {config.token_grid}x{config.token_grid} token grid "
+                f"({config.base_model!r}), but this model draws {grid}x{grid} tokens; load it with --model "
+                f"{config.base_model}, or train it again on this model"
             )
         if config.base_fingerprint and config.base_fingerprint != self.base_fingerprint:
             raise StylecraftError(

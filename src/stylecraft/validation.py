@@ -213,6 +213,7 @@ ADAPTER_CONFIG: dict[str, Check] = {
     "base_weights": text,
     "num_layers": integer(0, MAX_WIDTH),
     "hidden_size": integer(0, MAX_WIDTH),
+    "token_grid": integer(0, MAX_WIDTH),
     "prompts": list_of(text),
     "training": mapping,
 }
