@@ -458,17 +458,22 @@ def mixed_batch(
     return WorldBatch(images, scenes, ids, texts)
 
 
+def on_space(extra: dict) -> bool:
+    """Whether a recipe's ``extra.data`` is ``"space"`` (world v2) rather than ``"named"`` (the default, v1)."""
+    data = extra.get("data", "named")
+    if data not in ("named", "space"):
+        raise StylecraftError(f"extra.data must be 'named' or 'space', got {data!r}")
+    return data == "space"
+
+
 def recipe_batch(extra: dict, n: int, seed: int, step: int, named_styles: tuple[str, ...] | None = None) -> WorldBatch:
     """Batch ``step`` of a training stream, by the recipe's ``extra.data``: ``"space"`` draws ``mixed_batch``
     (``extra.named_fraction`` of it in the named styles ``named_styles``), ``"named"`` (the default, the world
     v1 chain) only the named styles ``named_styles`` (default: all), as ``renderer.render_batch`` draws them."""
     from .renderer import render
 
-    data = extra.get("data", "named")
-    if data == "space":
+    if on_space(extra):
         return mixed_batch(n, [seed, step], extra.get("named_fraction", 0.25), named_styles)
-    if data != "named":
-        raise StylecraftError(f"extra.data must be 'named' or 'space', got {data!r}")
     rng = np.random.default_rng([seed, step])
     scenes = sample_scenes(n, rng, named_styles)
     return WorldBatch(render(scenes, rng), scenes, np.full(n, -1), scenes.captions())

@@ -205,6 +205,17 @@ def measure_prompted(
     return result
 
 
+def prompted_report(draw: Callable[[list[str]], torch.Tensor], oracles: Oracles, n: int, seed: int) -> dict:
+    """A generator's report on prompts naming the space's styles: ``n`` prompts of seen styles (the target) and of
+    held-out ones (words it never read, for reference), drawn by ``draw`` (prompts -> images), each group measured by
+    ``measure_prompted``."""
+    result = {}
+    for group, held_out in (("seen", False), ("held_out", True)):
+        task = prompted_task(n, seed, held_out)
+        result[group] = measure_prompted(draw(task.prompts()), task, oracles)
+    return result
+
+
 @torch.no_grad()
 def autoencoder_report(transform: Callable[[np.ndarray], torch.Tensor], oracles: Oracles, n: int, seed: int) -> dict:
     """How well an autoencoder (``transform``: uint8 renders -> float reconstructions [n, 3, 64, 64] in [0, 1])

@@ -37,7 +37,7 @@ def train_clip(recipe: Recipe, out: Path, resume: bool) -> None:
         train_clip_vision(recipe, out, resume)
         return
     max_length = recipe.extra.get("max_length", 32)
-    on_space = recipe.extra.get("data", "named") == "space"  # world v2: the style space's descriptors too
+    on_space = space.on_space(recipe.extra)  # world v2: the style space's descriptors too
     tokenizer = build_tokenizer(out / "clip", max_length, resume, space.vocabulary() if on_space else None)
     text = {
         **recipe.model["text"],

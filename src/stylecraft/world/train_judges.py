@@ -18,7 +18,7 @@ def train_oracles(recipe: Recipe, out: Path, resume: bool) -> None:
     torch.manual_seed(recipe.seed)
     model = Oracles(**recipe.model)
     data = renderer.stream(recipe.batch_size, recipe.seed)
-    on_space = recipe.extra.get("data", "named") == "space"
+    on_space = space.on_space(recipe.extra)
 
     def step_fn(step):
         if on_space:  # world v2: all 14 named styles (the style head's classes) and the space's SEEN styles

@@ -117,7 +117,7 @@ def train_muse(recipe: Recipe, out: Path, resume: bool, vq_dir: Path, clip_dir: 
     # ``extra.named_fraction`` of named seen ones, captions naming each style by its descriptor.
     pool_size = recipe.extra.get("pool_size", 50_000)
     chunk = 1024
-    on_space = recipe.extra.get("data", "named") == "space"
+    on_space = space.on_space(recipe.extra)
     # Tokens on the shape's outline decide which shape is drawn, yet a small shape has a handful of them among 64;
     # ``outline_weight`` > 1 weighs their loss up (1: Muse's plain masked-token mean).
     outline_weight = float(recipe.extra.get("outline_weight", 1.0))
@@ -214,12 +214,9 @@ def evaluate_muse(folder: Path, oracles: Oracles, settings: dict, on_space: bool
         accuracy = oracle_accuracy(oracles, draw(scenes.captions()), scenes.labels())
         result[group] = {k: round(v, 4) for k, v in accuracy.items()}
     if on_space:
-        from .space_eval import load_space_oracles, measure_prompted, prompted_task
+        from .space_eval import load_space_oracles, prompted_report
 
-        space_oracles, result["space"] = load_space_oracles(), {}
-        for group, held_out in (("seen", False), ("held_out", True)):
-            task = prompted_task(n, EVAL_SEED, held_out)
-            result["space"][group] = measure_prompted(draw(task.prompts()), task, space_oracles)
+        result["space"] = prompted_report(draw, load_space_oracles(), n, EVAL_SEED)
     return result
 
 

@@ -199,7 +199,7 @@ def train_sd_vae(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None
     vae.save_pretrained(out / "vae")
     contact_sheet(vae).save(out / "reconstructions.png")
     metrics = evaluate_vae(vae, evaluation_oracles(oracles), recipe.eval_images)
-    if recipe.extra.get("data") == "space":
+    if space.on_space(recipe.extra):
         metrics["space"] = evaluate_vae_space(vae, evaluation_oracles(oracles), recipe.eval_images)
     finish(out, "sd-vae", recipe, wall, history, metrics)
 
@@ -302,7 +302,7 @@ def train_sd_unet(recipe: Recipe, out: Path, resume: bool, vae_run: Path, clip: 
     pipe = load_shapes_sd(out / "shapes-sd")
     settings = recipe.extra.get("eval", {})
     metrics = evaluate_sd(pipe, evaluation_oracles(oracles), settings) if settings.get("images", 128) else {}
-    if metrics and recipe.extra.get("data") == "space":
+    if metrics and space.on_space(recipe.extra):
         metrics["space"] = evaluate_sd_space(pipe, evaluation_oracles(oracles), settings)
     finish(out, "sd-unet", recipe, wall, history, metrics)
 
@@ -339,12 +339,9 @@ def evaluate_sd(pipe, oracles: Oracles, settings: dict) -> dict:
 
 def evaluate_sd_space(pipe, oracles: Oracles, settings: dict) -> dict:
     """Prompts naming the space's seen styles (the target) and held-out ones (words it never read, for reference):
-    oracle shape, colour and size, and style (the asked style retrieved among 50, ``space_eval.measure_prompted``)."""
-    from .space_eval import measure_prompted, prompted_task
+    oracle shape, colour and size, and style (the asked style retrieved among 50, ``space_eval.prompted_report``)."""
+    from .space_eval import prompted_report
 
-    result = {}
-    for group, held_out in (("seen", False), ("held_out", True)):
-        task = prompted_task(settings.get("images", 128), EVAL_SEED, held_out)
-        images, _ = sample(pipe, task.prompts(), settings)
-        result[group] = measure_prompted(images, task, oracles)
-    return result
+    return prompted_report(
+        lambda prompts: sample(pipe, prompts, settings)[0], oracles, settings.get("images", 128), EVAL_SEED
+    )

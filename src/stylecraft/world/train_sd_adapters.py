@@ -157,7 +157,7 @@ def train_ip_adapter(
     save_file(ip_adapter_state_dict(unet), folder / IP_ADAPTER_WEIGHTS)
     pipe = load_shapes_sd(sd_folder)  # the saved adapter, through diffusers' own loader
     pipe.load_ip_adapter(str(out), subfolder="ip-adapter", weight_name=IP_ADAPTER_WEIGHTS)
-    if recipe.extra.get("data") == "space":
+    if space.on_space(recipe.extra):
         metrics = evaluate_ip_adapter_space(pipe, evaluation_oracles(oracles), recipe.extra.get("eval", {}))
     else:
         metrics = evaluate_ip_adapter(pipe, evaluation_oracles(oracles), recipe.extra.get("eval", {}))

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import StylecraftError
-from . import renderer
+from . import renderer, space
 from .oracles import ATTRIBUTES, Oracles, oracle_accuracy
 from .pretrain import EVAL_SEED, Recipe, evaluation_oracles, finish, to_tensor, train_loop
 
@@ -60,14 +60,13 @@ def train_vq(recipe: Recipe, out: Path, resume: bool, oracles: Path) -> None:
     # ``extra.data: "space"`` (world v2): batch ``step`` is ``space.recipe_batch``'s, the space's seen styles plus a
     # share of the named ones, drawn from (seed, step) so a resumed run continues the stream. Edge and fill weights
     # need the v1 stream's distance fields, so a space run weighs regions with ``pooled_weight`` instead.
-    on_space = recipe.extra.get("data", "named") == "space"
+    on_space = space.on_space(recipe.extra)
     if on_space and (edge_weight or fill_weight):
         raise StylecraftError(
             "extra.edge_weight and extra.fill_weight need the named-style stream's distance fields; a run with "
             "extra.data 'space' takes extra.pooled_weight instead (set the other two to 0)"
         )
     if on_space:
-        from . import space
 
         def batch_for(step):
             return space.recipe_batch(recipe.extra, recipe.batch_size, recipe.seed, step).images, None
